@@ -1,0 +1,2 @@
+"""panini: the command-line tool around panini_models."""
+__version__ = "0.1.0"
