@@ -61,6 +61,8 @@ import numpy as np
 
 __all__ = [
     "REFERENCE_SIZE",
+    "STAGES",
+    "DEFAULT_RANGES",
     "DegradationParams",
     "DegradationRanges",
     "degrade",
@@ -69,7 +71,7 @@ __all__ = [
     "jpeg_roundtrip",
 ]
 
-#: Image size (px) at which ``sigma`` is expressed; the paper's HQ size.
+#: Long side (px) of the image ``sigma`` and ``r`` are expressed for; the paper's HQ size.
 REFERENCE_SIZE = 1024
 
 #: Stage names, in pipeline order, as used in the ``timings`` dict of :func:`degrade`.
@@ -177,6 +179,7 @@ class DegradationRanges:
 
     @classmethod
     def from_dict(cls, d: dict) -> "DegradationRanges":
+        """Missing keys keep their defaults (configs name only what they change)."""
         names = {f.name for f in fields(cls)}
         if set(d) - names:
             raise ValueError(f"DegradationRanges: unknown keys {sorted(set(d) - names)}")

@@ -122,3 +122,13 @@ def state_dict_sha256(arrays: dict[str, np.ndarray]) -> str:
 
 def array_sha256(v: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(v).astype(v.dtype.newbyteorder("<")).tobytes()).hexdigest()
+
+
+def count_draws(entries: Iterable) -> int:
+    """How many standard normals the recipe draws for these entries."""
+    total = 0
+    for key, shape, _dtype in entries:
+        _rule_no, formula = _rule(key, len(shape))
+        if not isinstance(formula, np.ndarray):
+            total += int(np.prod(shape)) if shape else 1
+    return total

@@ -40,9 +40,12 @@ class ImageError(Exception):
     """A file that cannot be used; str() is one line: '<path>: <reason>'."""
 
     def __init__(self, path, reason: str):
+        super().__init__(path, reason)          # (path, reason) args keep it picklable for workers
         self.path = Path(path) if path is not None else None
         self.reason = _one_line(str(reason))
-        super().__init__(f"{_one_line(os.fspath(path)) if path is not None else '<memory>'}: {self.reason}")
+
+    def __str__(self) -> str:
+        return f"{_one_line(os.fspath(self.path)) if self.path is not None else '<memory>'}: {self.reason}"
 
 
 def _one_line(s: str) -> str:
@@ -111,12 +114,12 @@ def decode_image(data: bytes, path=None, max_pixels: int | None = DEFAULT_MAX_PI
         alpha = None if alpha is None else orient(alpha, o)
     return Image(np.ascontiguousarray(arr), None if alpha is None else np.ascontiguousarray(alpha),
                  16 if arr.dtype == np.uint16 else 8, arr.ndim == 2, None if path is None else Path(path),
-                 h.fmt, o)
+                 h.fmt, h.orientation)
 
 
 def _check_size(path, w: int, h: int, max_pixels: int | None) -> None:
     if max_pixels and w * h > max_pixels:
-        raise ImageError(path, f"too large: {w}x{h} = {w * h / 1e6:.0f} MP exceeds the limit of "
+        raise ImageError(path, f"too large: {w}x{h} = {w * h / 1e6:.1f} MP exceeds the limit of "
                                f"{max_pixels / 1e6:g} MP (raise it with --max-pixels)")
 
 

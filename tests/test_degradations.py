@@ -6,6 +6,7 @@ the shared data is missing) check the same effects on the images we actually tra
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import cv2
@@ -21,7 +22,7 @@ from panini_models.degradations import (
     jpeg_roundtrip,
 )
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+SHARED = Path(os.environ.get("PANINI_SHARED", Path(__file__).resolve().parents[1].parent / "shared"))
 FACES = SHARED / "data" / "faces_aligned"
 # Luma weights (B, G, R). Luma is untouched by JPEG's 4:2:0 chroma subsampling, so
 # i.i.d. per-channel noise of std d shows up in it with variance sum(w^2) * d^2.
@@ -117,7 +118,25 @@ def test_sigma_and_r_are_relative_to_image_size(face):
     assert same < 0.5 * min(sigma2, r2), (same, sigma2, r2)
 
 
+def test_same_params_same_look_at_any_input_size_synthetic():
+    """Shared-free version of the check above, 512 vs 256 px."""
+    big = synthetic(512)
+    small = cv2.resize(big, (256, 256), interpolation=cv2.INTER_AREA)
+    a = degrade(big, P(sigma=16, r=24), out_size=256).astype(float)
+    same = np.abs(a - degrade(small, P(sigma=16, r=24))).mean()
+    sigma2 = np.abs(a - degrade(small, P(sigma=32, r=24))).mean()
+    r2 = np.abs(a - degrade(small, P(sigma=16, r=48))).mean()
+    assert same < 0.5 * min(sigma2, r2), (same, sigma2, r2)
+
+
 # ---------------------------------------------------------------- downsampling r
+def test_downsampling_averages_instead_of_aliasing():
+    """1-px lines every 4 px must shrink to their mean grey (50), not to a moire."""
+    stripes = np.zeros((256, 256), np.uint8)
+    stripes[:, ::4] = 200
+    out = degrade(stripes, P(r=32)).astype(float)  # 8x whole-pixel area cells
+    assert np.abs(out - 50).max() <= 2, (out.min(), out.max())
+
 def test_r_lowers_resolution_synthetic():
     img = synthetic(256)  # a 256-px image is a 1024-px one seen at 1/4: r = 4 keeps it whole
     assert degrade(img, P(r=4)).tobytes() == degrade(img, P()).tobytes()
@@ -147,6 +166,15 @@ def test_noise_adds_delta_squared_variance_colour(delta):
     img = smooth()
     residual = grey(degrade(img, P(noise=delta), rng=3)) - grey(degrade(img, P()))
     assert residual.var() == pytest.approx((LUMA**2).sum() * delta**2, rel=0.12)
+
+
+@pytest.mark.parametrize("level", [0, 255])
+def test_noise_clips_instead_of_wrapping(level):
+    """At black/white the noise is clipped: the mean shifts by a half-normal's mean,
+    delta / sqrt(2 pi); uint8 wrap-around would put half the pixels at the far end."""
+    delta = 20
+    out = degrade(np.full((256, 256), level, np.uint8), P(noise=delta), rng=5).astype(float)
+    assert np.abs(out - level).mean() == pytest.approx(delta / np.sqrt(2 * np.pi), rel=0.1)
 
 
 def test_noise_variance_on_face(face):

@@ -1,0 +1,26 @@
+"""Shared test helpers: where ../shared is, and skipping clearly when it is missing."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("PANINI_SHARED", REPO.parent / "shared"))
+REFERENCE = SHARED / "reference"
+DATA = SHARED / "data"
+
+
+def need(path: Path) -> Path:
+    """Skip (never pass silently) when a ../shared file this test reads is missing."""
+    if not path.exists():
+        pytest.skip(f"{path} not found: this test needs ../shared beside the repository "
+                    f"(or PANINI_SHARED pointing at it)")
+    return path
+
+
+@pytest.fixture(autouse=True)
+def _isolated_home(tmp_path, monkeypatch):
+    """Keep every test's weight cache out of the user's real cache."""
+    monkeypatch.setenv("PANINI_HOME", str(tmp_path / "panini_home"))
