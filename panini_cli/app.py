@@ -1,8 +1,18 @@
 """The `panini` Typer app. Imports no torch at module level, so --help is fast."""
 import typer
 
-app = typer.Typer(help="Restore degraded faces with Panini-Net.", no_args_is_help=True,
-                  add_completion=False)
+from .commands import weights
+
+app = typer.Typer(help="Restore degraded faces with Panini-Net (AAAI 2022).", no_args_is_help=True,
+                  add_completion=False, pretty_exceptions_enable=False)
+app.add_typer(weights.app, name="weights")
+
+
+@app.command()
+def version() -> None:
+    """Print the panini version."""
+    from . import __version__
+    print(__version__)
 
 
 def main() -> None:
