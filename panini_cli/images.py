@@ -210,7 +210,7 @@ def encode_image(fmt: str, pixels: np.ndarray, alpha: np.ndarray | None = None,
         alpha = (alpha.astype(np.uint16) * 257 if alpha.dtype == np.uint8 else alpha) \
             if px.dtype == np.uint16 else _to8(alpha)
         px = np.dstack([cv2.cvtColor(px, cv2.COLOR_GRAY2BGR) if px.ndim == 2 else px, alpha])
-    q = int(max(1, min(100, quality)))
+    q = int(max(1, min(101 if fmt == "webp" else 100, quality)))     # WebP: 101 = lossless
     params = {"jpeg": [cv2.IMWRITE_JPEG_QUALITY, q] +
               ([cv2.IMWRITE_JPEG_SAMPLING_FACTOR, cv2.IMWRITE_JPEG_SAMPLING_FACTOR_444] if q >= 90 else []),
               "webp": [cv2.IMWRITE_WEBP_QUALITY, q], "png": [cv2.IMWRITE_PNG_COMPRESSION, 3]}.get(fmt, [])
