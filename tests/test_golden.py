@@ -132,3 +132,14 @@ def test_sr_import_and_forward(tmp_path):
     g = torch.stack(out.mask_gan, 1)[0]
     assert 0.1 < float(g.min()) and float(g.max()) < 0.9    # the recipe keeps SR masks in [0.175, 0.789]
     assert 0.3 < float(out.image.std()) < 0.6
+
+
+def test_golden_mfr_fast_path(mfr_run):
+    """The default inference path (channels_last, runtime.forward) keeps golden equality."""
+    from panini_models import runtime
+
+    golden, imported, _, _ = mfr_run
+    model = runtime.prepare(checkpoints.build(imported.kind, imported.config, imported.state_dict))
+    out = runtime.forward(model, torch.from_numpy(golden["input"]), return_aux=True)
+    assert _err(out.image, golden["output_raw"]) <= 1e-4
+    assert _err(torch.stack(out.mask_gan, 1)[0], golden["mask_gan"]) <= 1e-5

@@ -1,0 +1,157 @@
+"""Forward speed and memory of Panini-Net on this machine, printed as one table.
+
+Each configuration runs in its own process (so peak RSS is its own), all in one
+run so the ratios are comparable on a noisy machine. Weights: the reference
+recipe from ../shared/reference when present (activations as in the official
+model), else random.
+
+    python benchmarks/forward.py                       # mfr + sr, batch 1, fp32 ref/fast + bf16
+    python benchmarks/forward.py --variants mfr --batches 1 4 --repeats 3
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("PANINI_SHARED", REPO.parent / "shared"))
+OFFICIAL_SECONDS = {"mfr": 16.0, "sr": 16.2}      # ../shared/reference/README.md, batch 1, fp32, 2 threads
+
+
+def build(variant: str):
+    import numpy as np
+    import torch
+
+    from panini_models import checkpoints, recipe
+    from panini_models.panini import PaniniNet
+
+    keys = SHARED / "reference" / f"keys_{variant}.json"
+    if not keys.exists():
+        torch.manual_seed(0)
+        return PaniniNet(variant), "random"
+    entries = [[k[len("generator."):], s, t] for k, s, t in json.loads(keys.read_text())["state_dict"]
+               if k.startswith("generator.")]
+    arrays = recipe.generate(entries, variant)
+    sd = {"generator." + k: torch.from_numpy(v) for k, v in arrays.items()}
+    imported = checkpoints.import_panini_official({"state_dict": sd}, keys)
+    del arrays, sd
+    return checkpoints.build(imported.kind, imported.config, imported.state_dict), "recipe"
+
+
+def worker(args) -> None:
+    import numpy as np
+    import torch
+
+    from panini_models import runtime
+
+    torch.set_num_threads(args.threads)
+    model, weights = build(args.variant)
+    size = model.config.in_size
+    gen = torch.Generator().manual_seed(0)
+    x = torch.rand(args.batch, 3, size, size, generator=gen) * 2 - 1
+    flops = 0
+    if args.count_flops:
+        from torch.utils.flop_counter import FlopCounterMode
+        with FlopCounterMode(display=False) as counter, torch.inference_mode():
+            model(x[:1])
+        flops = counter.get_total_flops()
+    model = runtime.prepare(model, "cpu", args.precision, channels_last=args.mode == "fast")
+    runtime.forward(model, x, args.precision)                      # warm-up
+    times = []
+    for _ in range(args.repeats):
+        t = time.perf_counter()
+        out = runtime.forward(model, x, args.precision)
+        times.append(time.perf_counter() - t)
+    ref = Path(args.ref_file)
+    if args.write_ref:
+        np.save(ref, out.numpy())
+        diff = 0.0
+    else:
+        diff = float(np.abs(out.numpy() - np.load(ref)).max()) if ref.exists() else float("nan")
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024          # MiB
+    print(json.dumps({"times": times, "peak_mib": peak, "flops": flops, "diff": diff, "weights": weights}))
+
+
+def matmul_rates(threads: int) -> dict[str, float]:
+    import torch
+
+    torch.set_num_threads(threads)
+    n = 2048
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    rates = {}
+    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        a_, b_ = a.to(dtype), b.to(dtype)
+        a_ @ b_
+        best = min(_time(lambda: a_ @ b_) for _ in range(5))
+        rates[name] = 2 * n ** 3 / best
+    return rates
+
+
+def _time(fn) -> float:
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--variants", nargs="+", default=["mfr", "sr"])
+    p.add_argument("--batches", nargs="+", type=int, default=[1])
+    p.add_argument("--configs", nargs="+", default=["ref:fp32", "fast:fp32", "fast:bf16"],
+                   help="mode:precision, mode ref (NCHW) or fast (channels_last)")
+    p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--variant"), p.add_argument("--batch", type=int), p.add_argument("--mode")
+    p.add_argument("--precision"), p.add_argument("--ref-file"), p.add_argument("--write-ref", action="store_true")
+    p.add_argument("--count-flops", action="store_true")
+    args = p.parse_args()
+    if args.worker:
+        return worker(args)
+
+    rates = matmul_rates(args.threads)
+    print(f"matmul 2048^3 at {args.threads} threads: fp32 {rates['fp32'] / 1e9:.0f} GFLOP/s, "
+          f"bf16 {rates['bf16'] / 1e9:.0f} GFLOP/s")
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for variant in args.variants:
+            for batch in args.batches:
+                ref_file = Path(tmp) / f"{variant}_{batch}.npy"
+                flops = 0
+                for i, config in enumerate(args.configs):
+                    mode, precision = config.split(":")
+                    cmd = [sys.executable, __file__, "--worker", "--variant", variant, "--batch", str(batch),
+                           "--mode", mode, "--precision", precision, "--ref-file", str(ref_file),
+                           "--repeats", str(args.repeats), "--threads", str(args.threads)]
+                    if i == 0:
+                        cmd += ["--write-ref", "--count-flops"]
+                    res = subprocess.run(cmd, capture_output=True, text=True)
+                    if res.returncode:
+                        print(res.stderr[-2000:], file=sys.stderr)
+                        raise SystemExit(f"worker failed: {config}")
+                    r = json.loads(res.stdout.strip().splitlines()[-1])
+                    flops = flops or r["flops"]
+                    sec = sorted(r["times"])[len(r["times"]) // 2] / batch
+                    floor = flops / rates["bf16" if precision == "bf16" else "fp32"]
+                    rows.append((variant, batch, f"{mode}:{precision}", sec, 1 / sec, r["peak_mib"],
+                                 flops / 1e9, sec / floor if floor else float("nan"),
+                                 OFFICIAL_SECONDS.get(variant, float("nan")) / sec, r["diff"], r["weights"]))
+    head = ("variant", "batch", "config", "s/img", "img/s", "peak MiB", "GFLOP/img", "x floor",
+            "x official", "max|diff|", "weights")
+    print(" | ".join(head))
+    for r in rows:
+        print(f"{r[0]} | {r[1]} | {r[2]} | {r[3]:.2f} | {r[4]:.3f} | {r[5]:.0f} | {r[6]:.1f} | {r[7]:.1f} | "
+              f"{r[8]:.2f} | {r[9]:.1e} | {r[10]}")
+    print("x floor = time / (FLOPs / measured matmul rate of that dtype); x official = 16 s official CPU "
+          "time (reference README, not re-measured here) / our time; max|diff| against ref:fp32.")
+
+
+if __name__ == "__main__":
+    main()
