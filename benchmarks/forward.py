@@ -59,7 +59,7 @@ def worker(args) -> None:
     flops = 0
     if args.count_flops:
         from torch.utils.flop_counter import FlopCounterMode
-        with FlopCounterMode(display=False) as counter, torch.inference_mode():
+        with FlopCounterMode(display=False) as counter, torch.no_grad():
             model(x[:1])
         flops = counter.get_total_flops()
     model = runtime.prepare(model, "cpu", args.precision, channels_last=args.mode == "fast")

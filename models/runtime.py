@@ -25,12 +25,18 @@ def check_precision(device: torch.device | str, precision: str) -> None:
 
 
 def prepare(model: nn.Module, device: torch.device | str = "cpu", precision: str = "fp32",
-            channels_last: bool = True) -> nn.Module:
-    """Move to `device`, set eval mode and the memory format. Weights stay fp32 (autocast casts)."""
+            channels_last: bool = True, compile: bool = False) -> nn.Module:
+    """Move to `device`, set eval mode and the memory format. Weights stay fp32 (autocast casts).
+
+    compile=True wraps the module with torch.compile: it costs minutes of start-up
+    on a CPU, so it is off by default and only pays for long jobs (video, big folders).
+    """
     check_precision(device, precision)
     model = model.to(device).eval()
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
+    if compile:
+        model = torch.compile(model, dynamic=False)
     return model
 
 

@@ -313,16 +313,18 @@ def list_images(inputs: Iterable, recursive: bool = False, problems: list | None
         s = os.fspath(raw)
         p = Path(s)
         if p.is_dir():
-            n = len(found)
+            hits, subdirs = 0, False
             for root, dirs, files in os.walk(p):
                 dirs[:] = sorted(d for d in dirs if not d.startswith(".")
-                                 and os.path.realpath(os.path.join(root, d)) not in skip) if recursive else []
+                                 and os.path.realpath(os.path.join(root, d)) not in skip)
+                subdirs, dirs[:] = subdirs or bool(dirs), dirs if recursive else []
                 for f in files:
                     if _is_image_name(f):
+                        hits += 1
                         add(Path(root, f), Path(root, f).relative_to(p))
-            if len(found) == n:
-                report(p, "no images found in this folder" + ("" if recursive else " (subfolders are "
-                                                                "searched only with --recursive)"))
+            if not hits:
+                report(p, "no images found in this folder" + (" (subfolders are searched only with "
+                                                               "--recursive)" if subdirs and not recursive else ""))
         elif p.exists():
             if p.suffix.lower() in EXTENSIONS:
                 add(p, Path(p.name))

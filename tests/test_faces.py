@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 import sys
 from pathlib import Path
 
@@ -13,7 +14,7 @@ from panini_cli import faces as F
 from panini_cli.faces import Face, FaceModelError
 from panini_cli.images import read_image, to_bgr8
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+SHARED = Path(os.environ.get("PANINI_SHARED", Path(__file__).resolve().parents[1].parent / "shared"))
 WHOLE = SHARED / "data" / "whole_photos"
 ALIGNED = SHARED / "data" / "faces_aligned"
 HAVE_DLIB = importlib.util.find_spec("dlib") is not None
@@ -276,7 +277,7 @@ def test_paste_back_upscaled_and_from_small_crop(two_people):
     out = F.paste_back(img, crop, a, upscale=2, background=up)
     assert out.shape == up.shape
     inside = weight_map(img, crop, a, upscale=2) == 255
-    assert psnr(out, up, inside) > 30
+    assert psnr(out, up, inside) > 45                                      # ~53 dB; a 1/4 px slip gives ~37
     assert np.array_equal(F.paste_back(img, crop, a, upscale=2), F.paste_back(img, crop, a, upscale=2, background=up))
     small, a128 = F.align_face(img, faces[0], 128)                          # e.g. a 128 -> 512 SR model
     out = F.paste_back(img, cv2.resize(small, (512, 512), interpolation=cv2.INTER_CUBIC), a128, crop_size=128)

@@ -16,7 +16,7 @@ import pytest
 from panini_cli import images as I
 from panini_cli.images import ImageError, read_image, write_image
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+SHARED = Path(os.environ.get("PANINI_SHARED", Path(__file__).resolve().parents[1].parent / "shared"))
 PHOTO = SHARED / "data" / "whole_photos" / "facerec_two_people.jpg"
 needs_shared = pytest.mark.skipif(not PHOTO.is_file(), reason=f"shared test photos not found at {PHOTO}")
 
@@ -227,6 +227,17 @@ def test_bad_files_fail_with_one_line(tmp_path, name, make, words):
     assert e.value.path == p
 
 
+def test_header_finds_truncation_without_the_decoder():
+    from panini_cli.image_headers import parse_header
+    jpg = cv2.imencode(".jpg", pattern(200, 300))[1].tobytes()
+    png = cv2.imencode(".png", pattern(200, 300))[1].tobytes()
+    assert "end-of-image" in parse_header(_cut(jpg, 0.95)).problem
+    assert "IEND" in parse_header(png[:-12]).problem
+    good = parse_header(jpg)
+    assert good.problem is None and (good.width, good.height, good.fmt) == (300, 200, "jpeg")
+    assert parse_header(jpg + b"trailing junk after EOI").problem is None     # common, harmless
+
+
 @needs_shared
 def test_truncated_real_photo(tmp_path):
     p = _write(tmp_path, "half.jpg", _cut(PHOTO.read_bytes(), 0.9))
@@ -376,6 +387,8 @@ def test_list_folder_flat_and_recursive(tree):
 def test_list_glob_files_dedup_and_sorted(tree):
     items = I.list_images([tree / "loose.bmp", str(tree / "a" / "*.jpg"), tree / "a", str(tree / "**" / "*.tif")])
     assert rels(items) == ["img2.PNG", "img10.jpg", "b/one.tif", "loose.bmp"]
+    problems = []
+    assert len(I.list_images([tree / "b" / "one.tif", tree / "b"], problems=problems)) == 1 and not problems
     paths = [p for p, _ in items]
     assert len(set(map(os.path.realpath, paths))) == len(paths)
 
@@ -392,6 +405,11 @@ def test_list_reports_explicit_problems(tree):
     assert all("\n" not in m for m in msgs)
     with pytest.raises(ImageError, match="readme.md"):
         I.list_images([tree / "readme.md"])
+
+
+def test_list_can_exclude_the_output_folder(tree):
+    items = I.list_images([tree / "a"], recursive=True, exclude=[tree / "a" / "sub"])
+    assert rels(items) == ["img2.PNG", "img10.jpg"]
 
 
 def test_list_reports_output_name_collisions(tree):

@@ -1,0 +1,58 @@
+"""A loaded Panini-Net on one device and precision: uint8 BGR face crops in, restored crops out.
+
+This is the seam between the CLI (numpy images) and the network (tensors):
+the pipeline hands it batches of aligned crops at the model's input size and
+gets back the restored crops plus what `inspect` needs (vDR, theta_1..theta_5).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from . import runtime
+from .panini import PaniniNet
+from .tensors import bgr_to_tensor, tensor_to_bgr
+
+
+@dataclass
+class FaceResult:
+    image: np.ndarray                 # uint8 BGR, out_size x out_size
+    thetas: np.ndarray | None         # (num_fusions,) GAN-prior usage per DAFI block (theta_5 = theta)
+    vdr: np.ndarray | None            # (dr_dim,) degradation representation
+
+    @property
+    def theta(self) -> float | None:
+        return None if self.thetas is None else float(self.thetas[-1])
+
+
+class Restorer:
+    def __init__(self, model: PaniniNet, device: str | torch.device = "cpu", precision: str = "fp32",
+                 channels_last: bool | None = None):
+        self.device = torch.device(device)
+        self.precision = precision
+        if channels_last is None:
+            channels_last = True
+        self.model = runtime.prepare(model, self.device, precision, channels_last)
+        self.in_size = model.config.in_size
+        self.out_size = model.config.out_size
+        self.config = model.config
+
+    def __call__(self, crops: list[np.ndarray], *, mask_bias=None, blocks=None, zero_gan: bool = False,
+                 zero_img: bool = False) -> list[FaceResult]:
+        if not crops:
+            return []
+        bad = [c.shape for c in crops if c.shape != (self.in_size, self.in_size, 3)]
+        if bad:
+            raise ValueError(f"crops must be {self.in_size}x{self.in_size}x3 uint8, got {bad[0]}")
+        x = bgr_to_tensor(list(crops))
+        if self.device.type != "cpu":
+            x = x.pin_memory()
+        out = runtime.forward(self.model, x, self.precision, mask_bias=mask_bias, blocks=blocks,
+                              zero_gan=zero_gan, zero_img=zero_img, return_aux=True)
+        images = tensor_to_bgr(out.image)
+        thetas = out.thetas.float().cpu().numpy() if out.mask_gan else None
+        vdr = out.vdr.float().cpu().numpy() if out.vdr is not None else None
+        return [FaceResult(images[i], None if thetas is None else thetas[i], None if vdr is None else vdr[i])
+                for i in range(len(images))]

@@ -1,0 +1,199 @@
+"""`panini restore INPUT... OUTPUT_DIR`: restore faces in photos or aligned crops."""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from ..console import console, err_console, fail
+
+
+def restore(
+    paths: List[str] = typer.Argument(..., metavar="INPUT... OUTPUT_DIR",
+                                      help="Image files, folders or glob patterns, then the output folder."),
+    model: str = typer.Option("default", "--model", "-m", help="Registry name (default, mfr, sr, ...) or a weight file."),
+    aligned: bool = typer.Option(False, "--aligned", help="Inputs are aligned face crops (FFHQ framing) of any size."),
+    recursive: bool = typer.Option(False, "--recursive", "-r", help="Descend into sub-folders, keeping the tree."),
+    upscale: Optional[float] = typer.Option(None, "--upscale", "-s",
+                                            help="Scale of the output image (whole photos: default 1; "
+                                                 "aligned: default the model's output size)."),
+    only_center_face: bool = typer.Option(False, "--only-center-face", help="Restore only the face nearest the centre."),
+    max_faces: Optional[int] = typer.Option(None, "--max-faces", help="Restore at most the N largest faces."),
+    min_face: float = typer.Option(16.0, "--min-face", help="Faces smaller than this (px) are left as they are."),
+    save: str = typer.Option("", "--save", help="Also save: faces, crops, cmp (comma-separated)."),
+    ext: str = typer.Option("auto", "--ext", help="Output image format: auto (as the input), png, jpg, webp, tif, bmp."),
+    suffix: str = typer.Option("", "--suffix", help="Appended to each output stem."),
+    skip_existing: bool = typer.Option(True, "--skip-existing/--overwrite",
+                                       help="Skip inputs whose restored image exists (resume after a crash)."),
+    device: Optional[str] = typer.Option(None, "--device", help="cpu or cuda[:N] (default: CUDA if present)."),
+    gpu: Optional[int] = typer.Option(None, "--gpu", help="Use CUDA device N."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b", help="Faces per forward (default: 1 on CPU, 4 on GPU)."),
+    precision: str = typer.Option("fp32", "--precision", help="fp32 (exact), bf16, fp16 (CUDA only)."),
+    workers: int = typer.Option(2, "--workers", help="Threads that decode, detect and align ahead of the model."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or per-file messages."),
+    json_summary: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
+) -> None:
+    """Restore faces: whole photos (detect, align, restore, paste back) or --aligned crops."""
+    if len(paths) < 2:
+        fail("give at least one INPUT and the OUTPUT_DIR")
+    from .. import images, outputs, pipeline
+    from ..modelopts import default_batch_size, load_restorer, resolve_device
+
+    inputs, out_dir = paths[:-1], Path(paths[-1])
+    try:
+        kinds = outputs.parse_save(save)
+        outputs.check_writable(out_dir)
+    except (ValueError, OSError) as e:
+        fail(str(e))
+    if upscale is not None and upscale <= 0:
+        fail("--upscale must be positive")
+    if ext != "auto" and f".{ext.lower().lstrip('.')}" not in images.EXTENSIONS:
+        fail(f"--ext {ext}: not a supported image format")
+    problems: list = []
+    jobs = images.list_images(inputs, recursive=recursive, problems=problems,
+                              exclude=[out_dir])
+    dev = resolve_device(device, gpu)
+    restorer = load_restorer(model, dev, precision)
+    make_detector = None
+    if not aligned:
+        from ..faces import DlibDetector, FaceModelError
+        try:
+            DlibDetector().detect(__import__("numpy").zeros((64, 64, 3), "uint8"))   # fail early if missing
+        except FaceModelError as e:
+            fail(str(e))
+        make_detector = DlibDetector
+    layout = outputs.Layout(out_dir, ext, suffix)
+    protected = images.ProtectedPaths(p for p, _ in jobs)
+    manifest = outputs.Manifest(out_dir / "manifest.jsonl")
+    stats = {"done": 0, "skipped": 0, "failed": 0, "faces": 0, "faces_left": 0}
+    t_start = time.perf_counter()
+
+    for problem in problems:                       # images.ImageError: named inputs that cannot be used
+        _report_failure(manifest, stats, problem.path, problem.reason, quiet)
+    todo = []
+    for src, rel in jobs:
+        if skip_existing and layout.image_path(rel, src).exists():
+            stats["skipped"] += 1
+            manifest.add({"path": str(src), "status": "exists", "output": str(layout.image_path(rel, src))})
+        else:
+            todo.append((src, rel))
+
+    preparer = pipeline.Preparer(restorer.in_size, pipeline.FaceOptions(
+        aligned, only_center_face, max_faces, min_face), make_detector)
+    writer = outputs.BackgroundWriter()
+    write_args = dict(layout=layout, kinds=kinds, protected=protected, aligned=aligned, upscale=upscale,
+                      in_size=restorer.in_size)
+    bs = batch_size or default_batch_size(dev)
+    progress = _progress(quiet, len(todo))
+    futures = []
+    with progress:
+        task = progress.add_task("restoring", total=len(todo), faces=0)
+        for item in pipeline.run(todo, preparer, restorer, [{}], batch_size=bs, workers=workers):
+            if item.error:
+                _report_failure(manifest, stats, item.path, item.error, quiet)
+            else:
+                futures.append((item, writer.submit(write_item, item, **write_args)))
+                stats["faces"] += len(item.faces)
+                stats["faces_left"] += len(item.skipped_faces)
+            _drain(futures, manifest, stats, quiet, block=False)
+            progress.update(task, advance=1, faces=stats["faces"])
+        _drain(futures, manifest, stats, quiet, block=True)
+    writer.close()
+    manifest.close()
+    stats["seconds"] = round(time.perf_counter() - t_start, 3)
+    _summary(stats, out_dir, quiet, json_summary)
+    raise typer.Exit(1 if stats["failed"] else 0)
+
+
+def write_item(item, layout, kinds, protected, aligned, upscale, in_size) -> dict:
+    """Paste (or resize) the restored faces and write every requested file; returns the manifest record."""
+    import cv2
+
+    from .. import faces as facelib
+    from .. import images, outputs
+
+    img = item.image
+    if aligned:
+        res = item.faces[0].results[0].image
+        if upscale is not None:
+            size = (round(img.width * upscale), round(img.height * upscale))
+            interp = cv2.INTER_AREA if size[0] < res.shape[1] else cv2.INTER_CUBIC
+            res = cv2.resize(res, size, interpolation=interp)
+        canvas = res
+    else:
+        scale = upscale or 1.0
+        base = images.to_bgr(img)
+        canvas = base
+        if scale != 1.0:
+            canvas = cv2.resize(base, (round(img.width * scale), round(img.height * scale)),
+                                interpolation=cv2.INTER_CUBIC if scale > 1 else cv2.INTER_AREA)
+        for face in item.faces:
+            canvas = facelib.paste_back(base, face.results[0].image, face.affine, scale,
+                                        crop_size=in_size, background=canvas)
+    out = images.from_bgr(canvas, like=img)
+    target = layout.image_path(item.rel, item.path)
+    images.write_image(target, out.pixels, out.alpha, protected=protected)
+    for i, face in enumerate(item.faces):
+        restored = face.results[0].image
+        if "faces" in kinds:
+            images.write_image(layout.face_path("faces", item.rel, i), restored, protected=protected)
+        if "crops" in kinds:
+            images.write_image(layout.face_path("crops", item.rel, i), face.crop, protected=protected)
+        if "cmp" in kinds:
+            images.write_image(layout.face_path("cmp", item.rel, i), outputs.side_by_side(face.crop, restored),
+                               protected=protected)
+    return {"path": str(item.path), "status": "done", "output": str(target), "faces": len(item.faces),
+            "boxes": [f.box for f in item.faces],
+            "theta": [f.results[0].theta for f in item.faces],
+            "faces_left": [{"box": b, "reason": r} for b, r in item.skipped_faces],
+            "timings": {k: round(v, 4) for k, v in item.timings.items()}}
+
+
+def _drain(futures: list, manifest, stats, quiet: bool, block: bool) -> None:
+    keep = []
+    for item, fut in futures:
+        if not block and not fut.done():
+            keep.append((item, fut))
+            continue
+        try:
+            record = fut.result()
+        except Exception as e:       # noqa: BLE001 - one bad write must not stop the batch
+            _report_failure(manifest, stats, item.path, f"cannot write output: {e}".splitlines()[0], quiet)
+            continue
+        stats["done"] += 1
+        manifest.add(record)
+        if not quiet and item.skipped_faces:
+            err_console.print(f"note: {item.path}: {len(item.skipped_faces)} face(s) left as they are "
+                              f"({item.skipped_faces[0][1]})", soft_wrap=True)
+        if not quiet and not item.faces:
+            err_console.print(f"note: {item.path}: no face found; written unchanged", soft_wrap=True)
+    futures[:] = keep
+
+
+def _report_failure(manifest, stats, path, reason: str, quiet: bool) -> None:
+    stats["failed"] += 1
+    manifest.add({"path": str(path), "status": "failed", "error": reason})
+    err_console.print(f"[red]error:[/] {path}: {reason}", soft_wrap=True, markup=True)
+
+
+def _progress(quiet: bool, total: int):
+    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                               TimeRemainingColumn)
+
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TextColumn("{task.fields[faces]} faces"), TimeElapsedColumn(), TimeRemainingColumn(),
+                    console=err_console, disable=quiet or total == 0, transient=False)
+
+
+def _summary(stats: dict, out_dir: Path, quiet: bool, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps({**stats, "output": str(out_dir)}))
+        return
+    if not quiet:
+        rate = stats["faces"] / stats["seconds"] if stats["seconds"] else 0.0
+        console.print(f"done {stats['done']}, skipped {stats['skipped']} (already there), failed {stats['failed']}; "
+                      f"{stats['faces']} faces restored, {stats['faces_left']} left as they were; "
+                      f"{stats['seconds']:.1f} s ({rate:.2f} faces/s) -> {out_dir}")

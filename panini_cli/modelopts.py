@@ -1,0 +1,44 @@
+"""Model, device and precision options shared by restore, inspect and edit."""
+from __future__ import annotations
+
+from .console import err_console, fail
+
+
+def resolve_device(device: str | None, gpu: int | None) -> str:
+    """--device wins; --gpu N means cuda:N. Without CUDA, fall back to the CPU with a warning."""
+    import torch
+
+    wanted = device or (f"cuda:{gpu}" if gpu is not None else None)
+    if wanted is None:
+        return "cuda:0" if torch.cuda.is_available() else "cpu"
+    if wanted.startswith("cuda"):
+        if not torch.cuda.is_available():
+            err_console.print(f"[yellow]warning:[/] {wanted} requested but no CUDA device is available; "
+                              "running on the CPU")
+            return "cpu"
+        index = int(wanted.split(":")[1]) if ":" in wanted else 0
+        if index >= torch.cuda.device_count():
+            fail(f"--gpu {index}: only {torch.cuda.device_count()} CUDA device(s) present")
+    elif wanted != "cpu":
+        fail(f"--device must be cpu or cuda[:N], got {wanted!r}")
+    return wanted
+
+
+def load_restorer(model: str, device: str, precision: str):
+    """registry.load_model + Restorer, with every failure as one line and exit 1."""
+    from panini_models import registry
+    from panini_models.checkpoints import CheckpointError
+    from panini_models.restorer import Restorer
+    from panini_models.runtime import check_precision
+
+    try:
+        check_precision(device, precision)
+        net = registry.load_model(model, "cpu")
+        return Restorer(net, device, precision)
+    except (FileNotFoundError, CheckpointError, ValueError) as e:
+        fail(str(e))
+
+
+def default_batch_size(device: str) -> int:
+    """Batching does not pay on a CPU (per-image time rises); it keeps a GPU busy."""
+    return 1 if device == "cpu" else 4
