@@ -26,11 +26,25 @@ def fir_kernel(taps=(1, 3, 3, 1), dtype=torch.float32) -> torch.Tensor:
 
 # ----------------------------------------------------------------- bias + act
 def bias_act(x: torch.Tensor, bias: torch.Tensor | None, negative_slope: float = 0.2,
-             gain: float = SQRT2) -> torch.Tensor:
-    """leaky_relu(x + bias, slope) * gain, bias broadcast over channels (dim 1)."""
-    if bias is not None:
-        x = x + bias.view(1, -1, *([1] * (x.ndim - 2)))
+             gain: float = SQRT2, inplace: bool = False) -> torch.Tensor:
+    """leaky_relu(x + bias, slope) * gain, bias broadcast over channels (dim 1).
+
+    inplace=True overwrites x (for inference, where x is a fresh temporary): the
+    same values with no new full-size buffers.
+    """
+    b = None if bias is None else bias.view(1, -1, *([1] * (x.ndim - 2)))
+    if inplace:
+        if b is not None:
+            x.add_(b)
+        return F.leaky_relu_(x, negative_slope).mul_(gain)
+    if b is not None:
+        x = x + b
     return F.leaky_relu(x, negative_slope) * gain
+
+
+def can_overwrite(x: torch.Tensor) -> bool:
+    """True when autograd will not need x: safe to update it in place."""
+    return not (torch.is_grad_enabled() and x.requires_grad)
 
 
 # ------------------------------------------------------------------ upfirdn2d

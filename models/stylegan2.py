@@ -22,7 +22,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .ops import SQRT2, bias_act, fir_kernel, modulated_conv2d, upfirdn2d
+from .ops import SQRT2, bias_act, can_overwrite, fir_kernel, modulated_conv2d, upfirdn2d
 
 
 def stylegan_channels(size: int, channel_base: int = 32768, channel_max: int = 512) -> dict[int, int]:
@@ -101,9 +101,10 @@ class StyledConv(nn.Module):
 
     def forward(self, x: torch.Tensor, w: torch.Tensor, noise: torch.Tensor | None) -> torch.Tensor:
         x = self.conv(x, w)
+        inplace = can_overwrite(x)
         if noise is not None:
-            x = x + self.noise_strength * noise
-        return bias_act(x, self.bias)
+            x = x.add_(self.noise_strength * noise) if inplace else x + self.noise_strength * noise
+        return bias_act(x, self.bias, inplace=inplace)
 
 
 class ToRGB(nn.Module):
@@ -116,10 +117,12 @@ class ToRGB(nn.Module):
         self.register_buffer("up_kernel", fir_kernel() * 4 if upsample_skip else None, persistent=False)
 
     def forward(self, x: torch.Tensor, w: torch.Tensor, skip: torch.Tensor | None = None) -> torch.Tensor:
-        out = self.conv(x, w) + self.bias.view(1, 3, 1, 1)
-        if skip is not None:
-            out = out + upfirdn2d(skip, self.up_kernel, up=2, pad=(2, 1))
-        return out
+        out = self.conv(x, w)
+        if can_overwrite(out):
+            out.add_(self.bias.view(1, 3, 1, 1))
+            return out if skip is None else out.add_(upfirdn2d(skip, self.up_kernel, up=2, pad=(2, 1)))
+        out = out + self.bias.view(1, 3, 1, 1)
+        return out if skip is None else out + upfirdn2d(skip, self.up_kernel, up=2, pad=(2, 1))
 
 
 class StyleGAN2Generator(nn.Module):
