@@ -1,11 +1,14 @@
 """The `panini` Typer app. Imports no torch at module level, so --help is fast."""
 import typer
 
-from .commands import restore, weights
+from .commands import degrade, edit, inspect, restore, weights
 
 app = typer.Typer(help="Restore degraded faces with Panini-Net (AAAI 2022).", no_args_is_help=True,
                   add_completion=False, pretty_exceptions_enable=False)
 app.command()(restore.restore)
+app.command()(inspect.inspect)
+app.command()(edit.edit)
+app.command()(degrade.degrade)
 app.add_typer(weights.app, name="weights")
 
 

@@ -42,3 +42,22 @@ def load_restorer(model: str, device: str, precision: str):
 def default_batch_size(device: str) -> int:
     """Batching does not pay on a CPU (per-image time rises); it keeps a GPU busy."""
     return 1 if device == "cpu" else 4
+
+
+def make_preparer(in_size: int, aligned: bool, landmarks: str = "68", only_center_face: bool = False,
+                  max_faces: int | None = None, min_face: float = 16.0, max_pixels: int | None = None):
+    """The pipeline's decode/detect/align step; checks the face models load before any work."""
+    import numpy as np
+
+    from . import pipeline
+
+    make_detector = None
+    if not aligned:
+        from .faces import DlibDetector, FaceModelError
+        try:
+            DlibDetector(landmarks).detect(np.zeros((64, 64, 3), np.uint8))
+        except (FaceModelError, ValueError) as e:
+            fail(str(e))
+        make_detector = lambda: DlibDetector(landmarks)      # noqa: E731 - one per worker thread
+    options = pipeline.FaceOptions(aligned, only_center_face, max_faces, min_face, max_pixels)
+    return pipeline.Preparer(in_size, options, make_detector)

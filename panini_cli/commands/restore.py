@@ -33,6 +33,9 @@ def restore(
     batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b", help="Faces per forward (default: 1 on CPU, 4 on GPU)."),
     precision: str = typer.Option("fp32", "--precision", help="fp32 (exact), bf16, fp16 (CUDA only)."),
     workers: int = typer.Option(2, "--workers", help="Threads that decode, detect and align ahead of the model."),
+    landmarks: str = typer.Option("68", "--landmarks", help="dlib landmark model: 68 (iBUG data, non-commercial "
+                                                            "use) or 5 (CC0, slightly less exact alignment)."),
+    max_pixels: int = typer.Option(100_000_000, "--max-pixels", help="Refuse images larger than this (decompression bombs)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or per-file messages."),
     json_summary: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
 ) -> None:
@@ -40,7 +43,7 @@ def restore(
     if len(paths) < 2:
         fail("give at least one INPUT and the OUTPUT_DIR")
     from .. import images, outputs, pipeline
-    from ..modelopts import default_batch_size, load_restorer, resolve_device
+    from ..modelopts import default_batch_size, load_restorer, make_preparer, resolve_device
 
     inputs, out_dir = paths[:-1], Path(paths[-1])
     try:
@@ -57,14 +60,6 @@ def restore(
                               exclude=[out_dir])
     dev = resolve_device(device, gpu)
     restorer = load_restorer(model, dev, precision)
-    make_detector = None
-    if not aligned:
-        from ..faces import DlibDetector, FaceModelError
-        try:
-            DlibDetector().detect(__import__("numpy").zeros((64, 64, 3), "uint8"))   # fail early if missing
-        except FaceModelError as e:
-            fail(str(e))
-        make_detector = DlibDetector
     layout = outputs.Layout(out_dir, ext, suffix)
     protected = images.ProtectedPaths(p for p, _ in jobs)
     manifest = outputs.Manifest(out_dir / "manifest.jsonl")
@@ -81,8 +76,8 @@ def restore(
         else:
             todo.append((src, rel))
 
-    preparer = pipeline.Preparer(restorer.in_size, pipeline.FaceOptions(
-        aligned, only_center_face, max_faces, min_face), make_detector)
+    preparer = make_preparer(restorer.in_size, aligned, landmarks, only_center_face, max_faces, min_face,
+                             max_pixels)
     writer = outputs.BackgroundWriter()
     write_args = dict(layout=layout, kinds=kinds, protected=protected, aligned=aligned, upscale=upscale,
                       in_size=restorer.in_size)
@@ -109,33 +104,12 @@ def restore(
 
 
 def write_item(item, layout, kinds, protected, aligned, upscale, in_size) -> dict:
-    """Paste (or resize) the restored faces and write every requested file; returns the manifest record."""
-    import cv2
-
-    from .. import faces as facelib
+    """Compose the restored picture and write every requested file; returns the manifest record."""
     from .. import images, outputs
+    from ..compose import compose, write_picture
 
-    img = item.image
-    if aligned:
-        res = item.faces[0].results[0].image
-        if upscale is not None:
-            size = (round(img.width * upscale), round(img.height * upscale))
-            interp = cv2.INTER_AREA if size[0] < res.shape[1] else cv2.INTER_CUBIC
-            res = cv2.resize(res, size, interpolation=interp)
-        canvas = res
-    else:
-        scale = upscale or 1.0
-        base = images.to_bgr(img)
-        canvas = base
-        if scale != 1.0:
-            canvas = cv2.resize(base, (round(img.width * scale), round(img.height * scale)),
-                                interpolation=cv2.INTER_CUBIC if scale > 1 else cv2.INTER_AREA)
-        for face in item.faces:
-            canvas = facelib.paste_back(base, face.results[0].image, face.affine, scale,
-                                        crop_size=in_size, background=canvas)
-    out = images.from_bgr(canvas, like=img)
     target = layout.image_path(item.rel, item.path)
-    images.write_image(target, out.pixels, out.alpha, protected=protected)
+    notes = write_picture(target, compose(item, 0, aligned, upscale, in_size), protected)
     for i, face in enumerate(item.faces):
         restored = face.results[0].image
         if "faces" in kinds:
@@ -149,7 +123,7 @@ def write_item(item, layout, kinds, protected, aligned, upscale, in_size) -> dic
             "boxes": [f.box for f in item.faces],
             "theta": [f.results[0].theta for f in item.faces],
             "faces_left": [{"box": b, "reason": r} for b, r in item.skipped_faces],
-            "timings": {k: round(v, 4) for k, v in item.timings.items()}}
+            "timings": {k: round(v, 4) for k, v in item.timings.items()}, "notes": notes}
 
 
 def _drain(futures: list, manifest, stats, quiet: bool, block: bool) -> None:

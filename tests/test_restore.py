@@ -1,0 +1,149 @@
+"""`panini restore` end to end on small models the tests make: inputs, outputs, failures, resume."""
+import json
+import shutil
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from panini_cli.app import app
+from panini_models.checkpoints import save_weights
+from panini_models.panini import PRESETS, PaniniNet
+
+from conftest import DATA, need
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def model_file(tmp_path_factory):
+    torch.manual_seed(0)
+    model = PaniniNet(PRESETS["small"])
+    path = tmp_path_factory.mktemp("model") / "small.safetensors"
+    save_weights(path, model.state_dict(), "panini", json.loads(model.config.to_json()))
+    return path
+
+
+def run(model_file, *args):
+    res = runner.invoke(app, ["restore", "-m", str(model_file), "-q", *map(str, args)])
+    return res
+
+
+def records(out_dir):
+    return [json.loads(line) for line in (out_dir / "manifest.jsonl").read_text().splitlines()]
+
+
+def face(size=96, seed=0):
+    rng = np.random.default_rng(seed)
+    img = cv2.resize(rng.integers(0, 255, (8, 8, 3), dtype=np.uint8), (size, size), interpolation=cv2.INTER_CUBIC)
+    return img
+
+
+def test_aligned_folder_with_bad_files(model_file, tmp_path):
+    src = tmp_path / "in dir ü"
+    (src / "sub").mkdir(parents=True)
+    cv2.imwrite(str(src / "a face.png"), face())
+    cv2.imwrite(str(src / "sub" / "b.jpg"), face(seed=1))
+    (src / "zero.png").write_bytes(b"")
+    (src / "trunc.jpg").write_bytes(cv2.imencode(".jpg", face())[1].tobytes()[:200])
+    (src / "notes.txt").write_text("not an image")               # ignored inside a folder
+    out = tmp_path / "out"
+    res = run(model_file, "--aligned", "--recursive", "--save", "faces,crops,cmp", src, out)
+    assert res.exit_code == 1, res.output                           # something failed
+    recs = {r["path"].split("/")[-1]: r for r in records(out)}
+    assert recs["a face.png"]["status"] == "done" and recs["b.jpg"]["status"] == "done"
+    assert recs["zero.png"]["status"] == "failed" and recs["trunc.jpg"]["status"] == "failed"
+    assert "notes.txt" not in recs
+    restored = cv2.imread(str(out / "restored_imgs" / "a face.png"))
+    assert restored.shape == (128, 128, 3)                          # aligned: the model's output size
+    assert (out / "restored_imgs" / "sub" / "b.jpg").exists()       # tree kept, stem and format kept
+    for kind, folder in [("faces", "restored_faces"), ("crops", "cropped_faces"), ("cmp", "cmp")]:
+        assert (out / folder / "a face_00.png").exists(), kind
+    assert cv2.imread(str(out / "cmp" / "a face_00.png")).shape == (128, 256, 3)
+    assert all("\n" not in r.get("error", "") for r in recs.values())
+    assert not list(out.rglob("*.tmp")) and not list(out.rglob(".*.tmp"))
+
+
+def test_rerun_skips_finished_files_and_redoes_missing(model_file, tmp_path):
+    src = tmp_path / "in"
+    src.mkdir()
+    for i in range(3):
+        cv2.imwrite(str(src / f"{i}.png"), face(seed=i))
+    out = tmp_path / "out"
+    assert run(model_file, "--aligned", src, out).exit_code == 0
+    first = (out / "restored_imgs" / "1.png").read_bytes()
+    (out / "restored_imgs" / "2.png").unlink()                     # as if killed before writing it
+    res = run(model_file, "--aligned", "--json", src, out)
+    summary = json.loads(res.output.strip().splitlines()[-1])
+    assert summary["done"] == 1 and summary["skipped"] == 2 and summary["failed"] == 0
+    assert (out / "restored_imgs" / "2.png").exists()
+    assert (out / "restored_imgs" / "1.png").read_bytes() == first
+
+
+def test_alpha_grey_and_16bit_are_carried_through(model_file, tmp_path):
+    src = tmp_path / "in"
+    src.mkdir()
+    bgra = np.dstack([face(), np.linspace(0, 255, 96 * 96).reshape(96, 96).astype(np.uint8)])
+    cv2.imwrite(str(src / "alpha.png"), bgra)
+    cv2.imwrite(str(src / "grey.png"), cv2.cvtColor(face(seed=2), cv2.COLOR_BGR2GRAY))
+    cv2.imwrite(str(src / "deep.png"), face(seed=3).astype(np.uint16) * 257)
+    out = tmp_path / "out"
+    assert run(model_file, "--aligned", "--upscale", "1", src, out).exit_code == 0
+    a = cv2.imread(str(out / "restored_imgs" / "alpha.png"), cv2.IMREAD_UNCHANGED)
+    assert a.shape == (96, 96, 4) and np.abs(a[..., 3].astype(int) - bgra[..., 3]).max() <= 1
+    g = cv2.imread(str(out / "restored_imgs" / "grey.png"), cv2.IMREAD_UNCHANGED)
+    assert g.ndim == 2
+    d = cv2.imread(str(out / "restored_imgs" / "deep.png"), cv2.IMREAD_UNCHANGED)
+    assert d.dtype == np.uint16 and d.shape == (96, 96, 3)
+
+
+def test_input_is_never_overwritten(model_file, tmp_path):
+    src = tmp_path / "x.png"
+    cv2.imwrite(str(src), face())
+    before = src.read_bytes()
+    (tmp_path / "restored_imgs").mkdir()
+    (tmp_path / "restored_imgs" / "x.png").symlink_to(src)          # output path resolves to the input
+    res = run(model_file, "--aligned", "--overwrite", src, tmp_path)
+    assert res.exit_code == 1
+    assert src.read_bytes() == before
+
+
+def test_unwritable_output_is_refused_before_work(model_file, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    res = run(model_file, "--aligned", blocker, blocker / "out")
+    assert res.exit_code == 1 and "not writable" in res.output
+
+
+def test_missing_default_model_is_a_clear_error(tmp_path):
+    res = runner.invoke(app, ["restore", "-m", str(tmp_path / "none.safetensors"), "--aligned", tmp_path, tmp_path / "o"])
+    assert res.exit_code == 1 and "file not found" in res.output
+
+
+def test_whole_photos_faces_pasted_and_background_kept(model_file, tmp_path):
+    photo = need(DATA / "whole_photos" / "facerec_two_people.jpg")
+    pytest.importorskip("dlib", reason="dlib (dlib-bin) is not installed")
+    src = tmp_path / "in"
+    src.mkdir()
+    shutil.copy(photo, src / "two.jpg")
+    noface = np.full((200, 300, 3), 120, np.uint8)
+    cv2.imwrite(str(src / "wall.png"), noface)
+    out = tmp_path / "out"
+    res = run(model_file, "--save", "cmp", src, out)
+    assert res.exit_code == 0, res.output
+    recs = {r["path"].split("/")[-1]: r for r in records(out)}
+    assert recs["two.jpg"]["faces"] == 2 and len(recs["two.jpg"]["theta"]) == 2
+    assert recs["wall.png"]["faces"] == 0
+    assert np.array_equal(cv2.imread(str(out / "restored_imgs" / "wall.png")), noface)   # unchanged
+    orig = cv2.imread(str(photo)).astype(int)
+    restored = cv2.imread(str(out / "restored_imgs" / "two.jpg")).astype(int)
+    assert restored.shape == orig.shape
+    # pixels far from every face box are the original's (up to JPEG re-encoding)
+    mask = np.ones(orig.shape[:2], bool)
+    for x0, y0, x1, y1 in recs["two.jpg"]["boxes"]:
+        w, h = x1 - x0, y1 - y0
+        mask[max(0, int(y0 - h)): int(y1 + h), max(0, int(x0 - w)): int(x1 + w)] = False
+    assert np.abs(restored - orig)[mask].mean() < 3.0
+    assert len(list((out / "cmp").glob("two_*.png"))) == 2
