@@ -118,8 +118,13 @@ def test_unwritable_output_is_refused_before_work(model_file, tmp_path):
 
 
 def test_missing_default_model_is_a_clear_error(tmp_path):
-    res = runner.invoke(app, ["restore", "-m", str(tmp_path / "none.safetensors"), "--aligned", tmp_path, tmp_path / "o"])
-    assert res.exit_code == 1 and "file not found" in res.output
+    res = runner.invoke(app, ["restore", "-m", str(tmp_path / "none.safetensors"), "--aligned", str(tmp_path),
+                              str(tmp_path / "o")])
+    assert res.exit_code == 1 and "none.safetensors: file not found" in res.output
+    from panini_models.registry import PACKAGE_WEIGHTS
+    if not (PACKAGE_WEIGHTS / "default.safetensors").exists():
+        res = runner.invoke(app, ["restore", "--aligned", str(tmp_path), str(tmp_path / "o")])
+        assert res.exit_code == 1 and "bundled default model is not in this installation" in res.output
 
 
 def test_whole_photos_faces_pasted_and_background_kept(model_file, tmp_path):
