@@ -1,6 +1,8 @@
 """Model, device and precision options shared by restore, inspect and edit."""
 from __future__ import annotations
 
+import functools
+
 from .console import err_console, fail
 
 
@@ -24,8 +26,12 @@ def resolve_device(device: str | None, gpu: int | None) -> str:
     return wanted
 
 
+@functools.lru_cache(maxsize=1)
 def load_restorer(model: str, device: str, precision: str):
-    """registry.load_model + Restorer, with every failure as one line and exit 1."""
+    """registry.load_model + Restorer, with every failure as one line and exit 1.
+
+    Cached (one entry), so a command that checks the model before starting its
+    workers does not load it twice when it runs in-process."""
     from panini_models import registry
     from panini_models.checkpoints import CheckpointError
     from panini_models.restorer import Restorer

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional
 
@@ -38,12 +39,14 @@ def restore(
     max_pixels: int = typer.Option(100_000_000, "--max-pixels", help="Refuse images larger than this (decompression bombs)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or per-file messages."),
     json_summary: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
+    gpus: Optional[str] = typer.Option(None, "--gpus", help="0,1 or all: one worker process per GPU, sharing a queue."),
+    cpu_workers: int = typer.Option(1, "--cpu-workers", help="Worker processes on the CPU (many-core servers)."),
 ) -> None:
     """Restore faces: whole photos (detect, align, restore, paste back) or --aligned crops."""
     if len(paths) < 2:
         fail("give at least one INPUT and the OUTPUT_DIR")
-    from .. import images, outputs, pipeline
-    from ..modelopts import default_batch_size, load_restorer, make_preparer, resolve_device
+    from .. import images, outputs
+    from ..modelopts import load_restorer
 
     inputs, out_dir = paths[:-1], Path(paths[-1])
     try:
@@ -55,52 +58,129 @@ def restore(
         fail("--upscale must be positive")
     if ext != "auto" and f".{ext.lower().lstrip('.')}" not in images.EXTENSIONS:
         fail(f"--ext {ext}: not a supported image format")
+    from panini_models import sharding
+
+    rank, world = sharding.rank_and_world()
+    devices = resolve_devices(device, gpu, gpus, cpu_workers)
     problems: list = []
-    jobs = images.list_images(inputs, recursive=recursive, problems=problems,
-                              exclude=[out_dir])
-    dev = resolve_device(device, gpu)
-    restorer = load_restorer(model, dev, precision)
+    jobs = images.list_images(inputs, recursive=recursive, problems=problems, exclude=[out_dir])
+    settings = RestoreSettings(model, precision, aligned, landmarks, only_center_face, max_faces, min_face,
+                               max_pixels, batch_size, workers, str(out_dir), ext, suffix, sorted(kinds), upscale,
+                               [str(p) for p, _ in jobs])
+    load_restorer(model, devices[0], precision)              # fail early (one line) on a bad model or device
     layout = outputs.Layout(out_dir, ext, suffix)
-    protected = images.ProtectedPaths(p for p, _ in jobs)
-    manifest = outputs.Manifest(out_dir / "manifest.jsonl")
+    manifest = outputs.Manifest(out_dir / (f"manifest.rank{rank}.jsonl" if world > 1 else "manifest.jsonl"))
     stats = {"done": 0, "skipped": 0, "failed": 0, "faces": 0, "faces_left": 0}
     t_start = time.perf_counter()
-
-    for problem in problems:                       # images.ImageError: named inputs that cannot be used
-        _report_failure(manifest, stats, problem.path, problem.reason, quiet)
+    if rank == 0:
+        for problem in problems:                   # images.ImageError: named inputs that cannot be used
+            _report_failure(manifest, stats, problem.path, problem.reason, quiet)
     todo = []
-    for src, rel in jobs:
+    for src, rel in sharding.shard(jobs, rank, world):
         if skip_existing and layout.image_path(rel, src).exists():
             stats["skipped"] += 1
             manifest.add({"path": str(src), "status": "exists", "output": str(layout.image_path(rel, src))})
         else:
             todo.append((src, rel))
 
-    preparer = make_preparer(restorer.in_size, aligned, landmarks, only_center_face, max_faces, min_face,
-                             max_pixels)
-    writer = outputs.BackgroundWriter()
-    write_args = dict(layout=layout, kinds=kinds, protected=protected, aligned=aligned, upscale=upscale,
-                      in_size=restorer.in_size)
-    bs = batch_size or default_batch_size(dev)
     progress = _progress(quiet, len(todo))
-    futures = []
     with progress:
         task = progress.add_task("restoring", total=len(todo), faces=0)
-        for item in pipeline.run(todo, preparer, restorer, [{}], batch_size=bs, workers=workers):
-            if item.error:
-                _report_failure(manifest, stats, item.path, item.error, quiet)
-            else:
-                futures.append((item, writer.submit(write_item, item, **write_args)))
-                stats["faces"] += len(item.faces)
-                stats["faces_left"] += len(item.skipped_faces)
-            _drain(futures, manifest, stats, quiet, block=False)
-            progress.update(task, advance=1, faces=stats["faces"])
-        _drain(futures, manifest, stats, quiet, block=True)
-    writer.close()
+        try:
+            for record in sharding.run_workers(restore_worker, devices, settings, todo):
+                if record["status"] == "failed":
+                    _report_failure(manifest, stats, record["path"], record["error"], quiet)
+                else:
+                    stats["done"] += 1
+                    stats["faces"] += record["faces"]
+                    stats["faces_left"] += len(record["faces_left"])
+                    manifest.add(record)
+                    _notes(record, quiet)
+                progress.update(task, advance=1, faces=stats["faces"])
+        except RuntimeError as e:
+            manifest.close()
+            fail(f"restore stopped: {e} (rerun to finish: finished files are skipped)")
     manifest.close()
     stats["seconds"] = round(time.perf_counter() - t_start, 3)
-    _summary(stats, out_dir, quiet, json_summary)
+    if world > 1 and sharding.init_distributed():
+        stats = {k: (int(v) if k != "seconds" else v) for k, v in sharding.all_reduce_counts(stats).items()}
+    if rank == 0:
+        _summary(stats, out_dir, quiet, json_summary)
     raise typer.Exit(1 if stats["failed"] else 0)
+
+
+@dataclass
+class RestoreSettings:
+    """Everything a restore worker needs; picklable, so it reaches per-device processes."""
+    model: str
+    precision: str
+    aligned: bool
+    landmarks: str
+    only_center_face: bool
+    max_faces: Optional[int]
+    min_face: float
+    max_pixels: int
+    batch_size: Optional[int]
+    workers: int
+    out_dir: str
+    ext: str
+    suffix: str
+    kinds: list
+    upscale: Optional[float]
+    inputs: list
+
+
+def restore_worker(device: str, s: RestoreSettings, items):
+    """Restore `items` on one device; yields one manifest record per input."""
+    from .. import images, outputs, pipeline
+    from ..modelopts import default_batch_size, load_restorer, make_preparer
+
+    restorer = load_restorer(s.model, device, s.precision)
+    preparer = make_preparer(restorer.in_size, s.aligned, s.landmarks, s.only_center_face, s.max_faces,
+                             s.min_face, s.max_pixels)
+    layout = outputs.Layout(Path(s.out_dir), s.ext, s.suffix)
+    write_args = dict(layout=layout, kinds=set(s.kinds), protected=images.ProtectedPaths(s.inputs),
+                      aligned=s.aligned, upscale=s.upscale, in_size=restorer.in_size)
+    writer = outputs.BackgroundWriter()
+    pending: list = []
+    try:
+        for item in pipeline.run(items, preparer, restorer, [{}], workers=s.workers,
+                                 batch_size=s.batch_size or default_batch_size(device)):
+            if item.error:
+                yield {"path": str(item.path), "status": "failed", "error": item.error}
+            else:
+                pending.append((item.path, writer.submit(write_item, item, **write_args)))
+            while pending and pending[0][1].done():
+                yield _result(*pending.pop(0))
+        for path, fut in pending:
+            yield _result(path, fut)
+    finally:
+        writer.close()
+
+
+def _result(path, fut) -> dict:
+    try:
+        return fut.result()
+    except Exception as e:       # noqa: BLE001 - one bad write must not stop the batch
+        return {"path": str(path), "status": "failed", "error": f"cannot write output: {e}".splitlines()[0]}
+
+
+def resolve_devices(device, gpu, gpus, cpu_workers) -> list[str]:
+    """--gpus 0,1|all: one worker per GPU; --cpu-workers N: N CPU workers; else one device."""
+    from ..modelopts import resolve_device
+
+    if gpus:
+        import torch
+        n = torch.cuda.device_count()
+        if n == 0:
+            fail("--gpus: no CUDA device is available (use --device cpu or --cpu-workers)")
+        ids = list(range(n)) if gpus == "all" else [int(v) for v in gpus.split(",")]
+        if any(i >= n for i in ids):
+            fail(f"--gpus {gpus}: only {n} CUDA device(s) present")
+        return [f"cuda:{i}" for i in ids]
+    if cpu_workers > 1:
+        return ["cpu"] * cpu_workers
+    return [resolve_device(device, gpu)]
 
 
 def write_item(item, layout, kinds, protected, aligned, upscale, in_size) -> dict:
@@ -126,25 +206,14 @@ def write_item(item, layout, kinds, protected, aligned, upscale, in_size) -> dic
             "timings": {k: round(v, 4) for k, v in item.timings.items()}, "notes": notes}
 
 
-def _drain(futures: list, manifest, stats, quiet: bool, block: bool) -> None:
-    keep = []
-    for item, fut in futures:
-        if not block and not fut.done():
-            keep.append((item, fut))
-            continue
-        try:
-            record = fut.result()
-        except Exception as e:       # noqa: BLE001 - one bad write must not stop the batch
-            _report_failure(manifest, stats, item.path, f"cannot write output: {e}".splitlines()[0], quiet)
-            continue
-        stats["done"] += 1
-        manifest.add(record)
-        if not quiet and item.skipped_faces:
-            err_console.print(f"note: {item.path}: {len(item.skipped_faces)} face(s) left as they are "
-                              f"({item.skipped_faces[0][1]})", soft_wrap=True)
-        if not quiet and not item.faces:
-            err_console.print(f"note: {item.path}: no face found; written unchanged", soft_wrap=True)
-    futures[:] = keep
+def _notes(record: dict, quiet: bool) -> None:
+    if quiet:
+        return
+    if record["faces_left"]:
+        err_console.print(f"note: {record['path']}: {len(record['faces_left'])} face(s) left as they are "
+                          f"({record['faces_left'][0]['reason']})", soft_wrap=True)
+    if not record["faces"]:
+        err_console.print(f"note: {record['path']}: no face found; written unchanged", soft_wrap=True)
 
 
 def _report_failure(manifest, stats, path, reason: str, quiet: bool) -> None:
