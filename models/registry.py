@@ -102,6 +102,56 @@ def import_weights(source, name: str | None = None) -> tuple[str, dict, object]:
     return name, entry, report
 
 
+def download(url: str, name: str | None = None, sha256: str | None = None, progress=None,
+             timeout: float = 60.0) -> tuple[str, dict, object]:
+    """Fetch a weight file by URL into the cache (checking sha256 if given), then import it.
+
+    `progress(done_bytes, total_bytes_or_None)` is called as data arrives. A
+    network failure raises ConnectionError naming the URL and what to do offline.
+    """
+    import hashlib
+    import urllib.error
+    import urllib.request
+
+    target_dir = weights_dir() / "downloads"
+    target_dir.mkdir(parents=True, exist_ok=True)
+    filename = Path(urllib.request.urlparse(url).path).name or "download.pth"
+    fd, tmp = tempfile.mkstemp(prefix=f".{filename}.", suffix=".part", dir=target_dir)
+    h = hashlib.sha256()
+    try:
+        try:
+            with urllib.request.urlopen(url, timeout=timeout) as resp, os.fdopen(fd, "wb") as f:
+                total = int(resp.headers.get("Content-Length") or 0) or None
+                done = 0
+                while True:
+                    block = resp.read(1 << 20)
+                    if not block:
+                        break
+                    f.write(block)
+                    h.update(block)
+                    done += len(block)
+                    if progress:
+                        progress(done, total)
+            if total is not None and done != total:
+                raise ConnectionError(f"{url}: download ended after {done} of {total} bytes")
+        except (urllib.error.URLError, OSError, ValueError) as e:
+            if isinstance(e, ConnectionError):
+                raise
+            reason = getattr(e, "reason", e)
+            raise ConnectionError(f"{url}: cannot download ({reason}); offline, fetch {filename} by other means "
+                                  f"and run `panini weights import {filename}`") from None
+        actual = h.hexdigest()
+        if sha256 and actual != sha256.lower():
+            raise ValueError(f"{url}: sha256 mismatch (expected {sha256[:12]}..., got {actual[:12]}...); "
+                             "the file is corrupt or not the one expected; nothing was imported")
+        final = target_dir / filename
+        os.replace(tmp, final)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return import_weights(final, name)
+
+
 def resolve(name_or_path: str) -> tuple[Path, str | None]:
     """-> (file, expected sha256 or None). Raises FileNotFoundError with what to do."""
     path = Path(name_or_path).expanduser()

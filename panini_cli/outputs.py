@@ -44,6 +44,18 @@ def check_writable(folder: Path) -> None:
         raise OSError(f"{folder}: output folder is not writable ({e.strerror or e})") from None
 
 
+def clear_stale_temp_files(folder: Path) -> int:
+    """Remove temp files a killed run left behind (images.write_image's `.panini-*.tmp`)."""
+    n = 0
+    for tmp in folder.rglob(".panini-*.tmp"):
+        try:
+            tmp.unlink()
+            n += 1
+        except OSError:
+            pass
+    return n
+
+
 class Layout:
     def __init__(self, out_dir: Path, ext: str = "auto", suffix: str = ""):
         self.out_dir, self.ext, self.suffix = Path(out_dir), ext.lower().lstrip("."), suffix

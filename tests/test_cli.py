@@ -73,3 +73,42 @@ def test_import_of_a_bad_file_is_one_line(tmp_path):
     res = runner.invoke(app, ["weights", "import", str(bad)])
     assert res.exit_code == 1
     assert str(bad) in res.output and "weights-only" in res.output
+
+
+@pytest.fixture
+def http_dir(tmp_path):
+    """A loopback HTTP server over tmp_path/www for the download tests."""
+    import functools
+    import http.server
+    import threading
+
+    www = tmp_path / "www"
+    www.mkdir()
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(www))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield www, f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+def test_download_checks_sha256_and_imports(tmp_path, http_dir):
+    import hashlib
+    www, base = http_dir
+    src = _small_file(tmp_path)
+    (www / "net.safetensors").write_bytes(src.read_bytes())
+    good = hashlib.sha256(src.read_bytes()).hexdigest()
+    res = runner.invoke(app, ["weights", "download", f"{base}/net.safetensors", "--name", "net", "--sha256", "0" * 64])
+    assert res.exit_code == 1 and "sha256 mismatch" in res.output
+    assert "net" not in registry.read_index()
+    assert not list((registry.weights_dir() / "downloads").glob("*.part"))
+    res = runner.invoke(app, ["weights", "download", f"{base}/net.safetensors", "--name", "net", "--sha256", good])
+    assert res.exit_code == 0, res.output
+    assert isinstance(registry.load_model("net"), PaniniNet)
+
+
+def test_download_failure_says_what_to_do_offline(http_dir):
+    _www, base = http_dir
+    res = runner.invoke(app, ["weights", "download", f"{base}/missing.pth"])
+    assert res.exit_code == 1
+    assert "cannot download" in res.output and "panini weights import missing.pth" in res.output

@@ -152,3 +152,37 @@ def test_whole_photos_faces_pasted_and_background_kept(model_file, tmp_path):
         mask[max(0, int(y0 - h)): int(y1 + h), max(0, int(x0 - w)): int(x1 + w)] = False
     assert np.abs(restored - orig)[mask].mean() < 3.0
     assert len(list((out / "cmp").glob("two_*.png"))) == 2
+
+
+def test_kill_9_then_rerun_leaves_complete_outputs(model_file, tmp_path):
+    """SIGKILL in the middle, then the same command again: every output exists and decodes."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    src = tmp_path / "in"
+    src.mkdir()
+    for i in range(24):
+        cv2.imwrite(str(src / f"{i:02d}.png"), face(256, seed=i))
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "panini_cli", "restore", "-m", str(model_file), "--aligned", "-q",
+           "--save", "faces,cmp", str(src), str(out)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and len(list((out / "restored_imgs").glob("*.png"))) < 3:
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    partial = len(list((out / "restored_imgs").glob("*.png")))
+    assert 0 < partial < 24, "the kill should land mid-run"
+    subprocess.run(cmd, check=True, timeout=300)
+    for i in range(24):
+        img = cv2.imread(str(out / "restored_imgs" / f"{i:02d}.png"))
+        assert img is not None and img.shape == (128, 128, 3), i
+        assert cv2.imread(str(out / "cmp" / f"{i:02d}_00.png")) is not None, i
+    assert not list(out.rglob(".panini-*.tmp"))                  # stale temp files from the kill are cleared
+    finished = [r for r in records(out) if r["status"] in ("done", "exists")]
+    assert {r["path"] for r in finished} == {str(p) for p in src.glob("*.png")}
+    assert not [r for r in records(out) if r["status"] == "failed"]

@@ -247,8 +247,8 @@ def atomic_write_text(path, text: str) -> None:
 def rng_state() -> dict:
     """Python, NumPy (global) and torch (CPU, CUDA) generator states, weights_only-loadable."""
     np_state = np.random.get_state(legacy=False)
-    state = {"python": list(random.getstate()[1]) + [random.getstate()[2]],
-             "python_version": random.getstate()[0],
+    version, internal, gauss_next = random.getstate()
+    state = {"python": {"version": version, "state": list(internal), "gauss_next": gauss_next},
              "numpy": {"key": torch.from_numpy(np_state["state"]["key"].astype(np.int64)),
                        "pos": int(np_state["state"]["pos"]), "has_gauss": int(np_state["has_gauss"]),
                        "gauss": float(np_state["gauss"])},
@@ -259,8 +259,8 @@ def rng_state() -> dict:
 
 
 def set_rng_state(state: dict) -> None:
-    values = state["python"]
-    random.setstate((state["python_version"], tuple(values[:-1]), values[-1]))
+    py = state["python"]
+    random.setstate((py["version"], tuple(py["state"]), py["gauss_next"]))
     n = state["numpy"]
     np.random.set_state({"bit_generator": "MT19937",
                          "state": {"key": n["key"].numpy().astype(np.uint32), "pos": n["pos"]},

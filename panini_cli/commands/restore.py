@@ -69,6 +69,8 @@ def restore(
                                [str(p) for p, _ in jobs])
     load_restorer(model, devices[0], precision)              # fail early (one line) on a bad model or device
     layout = outputs.Layout(out_dir, ext, suffix)
+    if rank == 0:
+        outputs.clear_stale_temp_files(out_dir)
     manifest = outputs.Manifest(out_dir / (f"manifest.rank{rank}.jsonl" if world > 1 else "manifest.jsonl"))
     stats = {"done": 0, "skipped": 0, "failed": 0, "faces": 0, "faces_left": 0}
     t_start = time.perf_counter()

@@ -59,6 +59,29 @@ def import_(file: Path = typer.Argument(..., help="Official Panini (.pth), MoCo 
 
 
 @app.command()
+def download(url: str = typer.Argument(..., help="http(s) URL of a weight file."),
+             name: Optional[str] = typer.Option(None, help="Registry name (default: from the file)."),
+             sha256: Optional[str] = typer.Option(None, help="Expected sha256 of the downloaded file.")) -> None:
+    """Download a weight file (with a progress bar and checksum) and import it."""
+    from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
+
+    from panini_models import registry
+    from panini_models.checkpoints import CheckpointError
+
+    with Progress("{task.description}", BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+                  console=console, transient=True) as bar:
+        task = bar.add_task("downloading", total=None)
+        try:
+            name, entry, report = registry.download(
+                url, name, sha256, progress=lambda done, total: bar.update(task, completed=done, total=total))
+        except (ConnectionError, CheckpointError, ValueError) as e:
+            fail(str(e))
+    if report is not None:
+        console.print(report.summary())
+    console.print(f"imported [bold]{name}[/] ({entry['kind']}) sha256 {entry['sha256']}")
+
+
+@app.command()
 def verify(names: Optional[list[str]] = typer.Argument(None, help="Names or paths (default: all imported).")) -> None:
     """Recompute each file's sha256 and compare it with the one recorded at import."""
     from panini_models import registry

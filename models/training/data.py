@@ -1,0 +1,199 @@
+"""Training data: HQ face folders, LQ made on the fly, UDRL pairs, resumable batches.
+
+Every random choice for a sample (degradation parameters, noise, flip, the UDRL
+partner face) comes from a generator seeded by (seed, epoch, index). A sample is
+therefore the same whichever worker, rank or restart makes it, which is what lets
+`--resume` and a 2-rank run reproduce a 1-rank run. Batches are addressed by a
+global micro-batch counter, so resuming only needs that counter.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import Dataset, DistributedSampler, Sampler
+
+from ..degradations import DegradationParams, DegradationRanges, degrade
+from ..tensors import bgr_to_tensor
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"}
+LQ_MODES = ("eq10", "bilinear", "pairs")
+
+
+def list_images(folder) -> list[Path]:
+    """All images under `folder`, sorted by relative path (a stable order for seeding)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder}: not a folder")
+    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    if not files:
+        raise FileNotFoundError(f"{folder}: no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+    return files
+
+
+def split_holdout(files: list[Path], count: int, seed: int) -> tuple[list[Path], list[Path]]:
+    """-> (train, held out): `count` files chosen by `seed`, never used for training."""
+    if count <= 0:
+        return list(files), []
+    if count >= len(files):
+        raise ValueError(f"cannot hold out {count} of {len(files)} images for validation")
+    chosen = set(np.random.default_rng([seed, 0x5EED]).choice(len(files), count, replace=False).tolist())
+    return ([f for i, f in enumerate(files) if i not in chosen],
+            [f for i, f in enumerate(files) if i in chosen])
+
+
+def read_square(path, size: int) -> np.ndarray:
+    """uint8 BGR, centre-cropped to a square and resized to size x size (area when shrinking)."""
+    img = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if img is None:
+        raise OSError(f"cannot read image: {path}")
+    h, w = img.shape[:2]
+    if h != w:
+        s = min(h, w)
+        img = img[(h - s) // 2:(h - s) // 2 + s, (w - s) // 2:(w - s) // 2 + s]
+    if img.shape[0] != size:
+        interp = cv2.INTER_AREA if img.shape[0] > size else cv2.INTER_CUBIC
+        img = cv2.resize(img, (size, size), interpolation=interp)
+    return img
+
+
+def _key(key) -> tuple[int, int]:
+    return (0, int(key)) if isinstance(key, (int, np.integer)) else (int(key[0]), int(key[1]))
+
+
+def _rng(seed: int, epoch: int, index: int, stream: int) -> np.random.Generator:
+    return np.random.default_rng(np.random.SeedSequence([seed, epoch, index, stream]))
+
+
+def _to_tensor(img: np.ndarray) -> torch.Tensor:
+    return bgr_to_tensor(np.ascontiguousarray(img))[0]
+
+
+class FaceDataset(Dataset):
+    """(LQ, GT) pairs for restoration. GT: the HQ face at out_size. LQ at in_size, made by
+    Eq. 10 (`eq10`), a plain bilinear resize (`bilinear`, the paper's SR setting), or
+    read from a folder matched by relative path (`pairs`). Keys are (epoch, index)."""
+
+    def __init__(self, files, out_size: int, in_size: int, lq: str = "eq10",
+                 ranges: DegradationRanges | None = None, seed: int = 0, flip: bool = True,
+                 pairs_dir=None, root=None):
+        if lq not in LQ_MODES:
+            raise ValueError(f"lq must be one of {LQ_MODES}, got {lq!r}")
+        self.files = list(files)
+        self.out_size, self.in_size, self.lq = out_size, in_size, lq
+        self.ranges = ranges or DegradationRanges()
+        self.seed, self.flip = seed, flip
+        self.lq_files = None
+        if lq == "pairs":
+            if pairs_dir is None or root is None:
+                raise ValueError("lq=pairs needs the folder of LQ images (--pairs)")
+            self.lq_files = [_match(Path(pairs_dir), Path(root), f) for f in self.files]
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, key) -> dict:
+        epoch, index = _key(key)
+        gt = read_square(self.files[index], self.out_size)
+        if self.lq == "eq10":
+            lq, params = self.degrade(gt, epoch, index)
+        elif self.lq == "bilinear":
+            lq, params = cv2.resize(gt, (self.in_size, self.in_size), interpolation=cv2.INTER_LINEAR), None
+        else:
+            lq, params = read_square(self.lq_files[index], self.in_size), None
+        if self.flip and _rng(self.seed, epoch, index, 1).random() < 0.5:
+            gt, lq = gt[:, ::-1], lq[:, ::-1]
+        out = {"lq": _to_tensor(lq), "gt": _to_tensor(gt), "index": index}
+        out["params"] = torch.tensor([params.sigma, params.r, params.noise, params.jpeg] if params
+                                     else [float("nan")] * 4, dtype=torch.float32)
+        return out
+
+    def degrade(self, gt: np.ndarray, epoch: int, index: int) -> tuple[np.ndarray, DegradationParams]:
+        rng = _rng(self.seed, epoch, index, 0)
+        params = self.ranges.sample(rng)
+        return degrade(gt, params, out_size=self.in_size, rng=rng), params
+
+
+def _match(lq_root: Path, hq_root: Path, hq: Path) -> Path:
+    rel = hq.relative_to(hq_root).with_suffix("")
+    for suffix in [hq.suffix] + sorted(IMAGE_SUFFIXES):
+        cand = lq_root / rel.with_suffix(suffix)
+        if cand.exists():
+            return cand
+    raise FileNotFoundError(f"no LQ image for {hq} in {lq_root} (expected {rel}.*)")
+
+
+class UDRLPairs(Dataset):
+    """UDRL samples (paper Fig. 2): two *different* HQ faces degraded with one shared
+    DegradationParams draw (independent noise), the query and its positive key."""
+
+    def __init__(self, files, hq_size: int, lq_size: int, ranges: DegradationRanges | None = None,
+                 seed: int = 0):
+        if len(files) < 2:
+            raise ValueError("UDRL needs at least two different faces")
+        self.files = list(files)
+        self.hq_size, self.lq_size = hq_size, lq_size
+        self.ranges = ranges or DegradationRanges()
+        self.seed = seed
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, key) -> dict:
+        epoch, index = _key(key)
+        rng = _rng(self.seed, epoch, index, 2)
+        partner = int(rng.integers(len(self.files) - 1))
+        partner += partner >= index                      # any face but this one
+        params = self.ranges.sample(rng)
+        noise_q, noise_k = rng.spawn(2)
+        xq = degrade(read_square(self.files[index], self.hq_size), params, self.lq_size, noise_q)
+        xk = degrade(read_square(self.files[partner], self.hq_size), params, self.lq_size, noise_k)
+        return {"query": _to_tensor(xq), "key": _to_tensor(xk), "index": index, "partner": partner,
+                "params": torch.tensor([params.sigma, params.r, params.noise, params.jpeg])}
+
+
+class ResumableBatches(Sampler):
+    """Endless micro-batches of (epoch, index) keys for one rank, starting at `start`.
+
+    Each epoch is a DistributedSampler permutation (seed + epoch, drop_last), cut into
+    batches of `batch` per rank. With world W and batch b, the union over ranks of
+    micro-batch c is exactly micro-batch c of one rank with batch W*b, because the
+    sampler deals the permutation out round-robin: that makes multi-rank runs
+    reproduce single-rank ones.
+    """
+
+    def __init__(self, n: int, batch: int, rank: int = 0, world: int = 1, seed: int = 0,
+                 start: int = 0, shuffle: bool = True):
+        self.sampler = DistributedSampler(range(n), num_replicas=world, rank=rank, shuffle=shuffle,
+                                          seed=seed, drop_last=True)
+        self.batch, self.start = batch, start
+        self.per_epoch = len(self.sampler) // batch
+        if self.per_epoch < 1:
+            raise ValueError(f"{n} images are too few for a global batch of {batch * world}")
+
+    def epoch_indices(self, epoch: int) -> list[int]:
+        self.sampler.set_epoch(epoch)
+        return list(self.sampler)
+
+    def __iter__(self):
+        c, cached = self.start, (None, None)
+        while True:
+            epoch, offset = divmod(c, self.per_epoch)
+            if cached[0] != epoch:
+                cached = (epoch, self.epoch_indices(epoch))
+            yield [(epoch, i) for i in cached[1][offset * self.batch:(offset + 1) * self.batch]]
+            c += 1
+
+
+def worker_init(_worker_id: int) -> None:
+    """One OpenCV thread per loader worker (workers x OpenCV threads would oversubscribe)."""
+    cv2.setNumThreads(1)
+
+
+def make_loader(dataset: Dataset, batches: ResumableBatches, num_workers: int, pin: bool = False):
+    return torch.utils.data.DataLoader(dataset, batch_sampler=batches, num_workers=num_workers,
+                                       worker_init_fn=worker_init if num_workers else None,
+                                       pin_memory=pin, persistent_workers=False,
+                                       prefetch_factor=4 if num_workers else None)
