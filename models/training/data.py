@@ -19,7 +19,7 @@ from ..degradations import DegradationParams, DegradationRanges, degrade
 from ..tensors import bgr_to_tensor
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"}
-LQ_MODES = ("eq10", "bilinear", "pairs")
+LQ_MODES = ("eq10", "bilinear", "pairs", "none")
 
 
 def list_images(folder) -> list[Path]:
@@ -74,7 +74,8 @@ def _to_tensor(img: np.ndarray) -> torch.Tensor:
 class FaceDataset(Dataset):
     """(LQ, GT) pairs for restoration. GT: the HQ face at out_size. LQ at in_size, made by
     Eq. 10 (`eq10`), a plain bilinear resize (`bilinear`, the paper's SR setting), or
-    read from a folder matched by relative path (`pairs`). Keys are (epoch, index)."""
+    read from a folder matched by relative path (`pairs`); `none` gives GT only (prior
+    training). Keys are (epoch, index)."""
 
     def __init__(self, files, out_size: int, in_size: int, lq: str = "eq10",
                  ranges: DegradationRanges | None = None, seed: int = 0, flip: bool = True,
@@ -99,13 +100,17 @@ class FaceDataset(Dataset):
         gt = read_square(self.files[index], self.out_size)
         if self.lq == "eq10":
             lq, params = self.degrade(gt, epoch, index)
+        elif self.lq == "none":
+            lq, params = None, None
         elif self.lq == "bilinear":
             lq, params = cv2.resize(gt, (self.in_size, self.in_size), interpolation=cv2.INTER_LINEAR), None
         else:
             lq, params = read_square(self.lq_files[index], self.in_size), None
         if self.flip and _rng(self.seed, epoch, index, 1).random() < 0.5:
-            gt, lq = gt[:, ::-1], lq[:, ::-1]
-        out = {"lq": _to_tensor(lq), "gt": _to_tensor(gt), "index": index}
+            gt, lq = gt[:, ::-1], (None if lq is None else lq[:, ::-1])
+        out = {"gt": _to_tensor(gt), "index": index}
+        if lq is not None:
+            out["lq"] = _to_tensor(lq)
         out["params"] = torch.tensor([params.sigma, params.r, params.noise, params.jpeg] if params
                                      else [float("nan")] * 4, dtype=torch.float32)
         return out

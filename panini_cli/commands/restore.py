@@ -190,8 +190,8 @@ def write_item(item, layout, kinds, protected, aligned, upscale, in_size) -> dic
     from .. import images, outputs
     from ..compose import compose, write_picture
 
-    target = layout.image_path(item.rel, item.path)
-    notes = write_picture(target, compose(item, 0, aligned, upscale, in_size), protected)
+    # The per-face extras first, the restored image last: its existence marks the input as
+    # finished (--skip-existing), so a kill can never leave a skipped file with missing extras.
     for i, face in enumerate(item.faces):
         restored = face.results[0].image
         if "faces" in kinds:
@@ -201,6 +201,8 @@ def write_item(item, layout, kinds, protected, aligned, upscale, in_size) -> dic
         if "cmp" in kinds:
             images.write_image(layout.face_path("cmp", item.rel, i), outputs.side_by_side(face.crop, restored),
                                protected=protected)
+    target = layout.image_path(item.rel, item.path)
+    notes = write_picture(target, compose(item, 0, aligned, upscale, in_size), protected)
     return {"path": str(item.path), "status": "done", "output": str(target), "faces": len(item.faces),
             "boxes": [f.box for f in item.faces],
             "theta": [f.results[0].theta for f in item.faces],
