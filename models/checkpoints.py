@@ -341,10 +341,14 @@ def build(kind: str, config: dict, state_dict: dict[str, torch.Tensor], path="<w
 def load_panini(path) -> PaniniNet:
     """Load a PaniniNet from our safetensors file or from any official Panini file."""
     if str(path).endswith(".safetensors"):
-        kind, cfg, state, _ = read_weights(path)
+        kind, cfg, state, _ = read_weights(path)           # _ : the file's metadata
     else:
         imported = import_file(path)
         kind, cfg, state = imported.kind, imported.config, imported.state_dict
     if kind != "panini":
         raise CheckpointError(path, f"holds a {kind} model, not a Panini-Net")
-    return build(kind, cfg, state, path)
+    model = build(kind, cfg, state, path)
+    if str(path).endswith(".safetensors"):
+        from . import vdr_stats
+        model.vdr_stats = vdr_stats.from_metadata(_)      # training vDR statistics, when the file has them
+    return model

@@ -21,6 +21,7 @@ class FaceResult:
     image: np.ndarray                 # uint8 BGR, out_size x out_size
     thetas: np.ndarray | None         # (num_fusions,) GAN-prior usage per DAFI block (theta_5 = theta)
     vdr: np.ndarray | None            # (dr_dim,) degradation representation
+    ood: float | None = None          # distance of vDR from the training vDRs (vdr_stats), if known
 
     @property
     def theta(self) -> float | None:
@@ -38,6 +39,7 @@ class Restorer:
         self.in_size = model.config.in_size
         self.out_size = model.config.out_size
         self.config = model.config
+        self.vdr_stats = getattr(model, "vdr_stats", None)
 
     def __call__(self, crops: list[np.ndarray], *, mask_bias=None, blocks=None, zero_gan: bool = False,
                  zero_img: bool = False) -> list[FaceResult]:
@@ -54,5 +56,9 @@ class Restorer:
         images = tensor_to_bgr(out.image)
         thetas = out.thetas.float().cpu().numpy() if out.mask_gan else None
         vdr = out.vdr.float().cpu().numpy() if out.vdr is not None else None
-        return [FaceResult(images[i], None if thetas is None else thetas[i], None if vdr is None else vdr[i])
-                for i in range(len(images))]
+        ood = [None] * len(images)
+        if self.vdr_stats is not None and vdr is not None:
+            from .vdr_stats import distance
+            ood = [float(d) for d in distance(self.vdr_stats, vdr)]
+        return [FaceResult(images[i], None if thetas is None else thetas[i], None if vdr is None else vdr[i],
+                           ood[i]) for i in range(len(images))]

@@ -6,7 +6,9 @@ JSON schema (`panini.inspect/1`):
       "theta": float,                 # DAFI5 (64 px) GAN-prior usage ratio, Eq. 11
       "thetas": [t1, t2, t3, t4, t5], # the same for DAFI1..DAFI5 (4..64 px)
       "vdr": [float, ...] | absent,   # 256-d degradation representation, with --dr
-      "r": float | absent}]}          # the downsampling rate, for --sweep rows
+      "r": float | absent,            # the downsampling rate, for --sweep rows
+      "ood_distance": float | absent, # RMS z-score of vDR against the model's training vDRs
+      "outside_training": bool | absent}]}   # ood_distance above the model's 99th-percentile threshold
 CSV: one row per face: path, face, x0, y0, x1, y1, theta, theta1..theta5[, r][, vdr0..vdrN].
 NPY: a structured array with the same fields (loads with allow_pickle=False).
 """
@@ -55,7 +57,14 @@ def to_npy(rows: list[dict], path) -> None:
         arr[i]["theta"], arr[i]["thetas"], arr[i]["r"] = r["theta"], r["thetas"], r.get("r", np.nan)
         if n_vdr:
             arr[i]["vdr"] = r["vdr"]
-    np.save(path, arr, allow_pickle=False)
+    import os
+    import tempfile
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    with os.fdopen(fd, "wb") as f:
+        np.save(f, arr, allow_pickle=False)
+    os.replace(tmp, path)
 
 
 def plot(rows: list[dict], path: Path, title: str = "theta per face") -> None:

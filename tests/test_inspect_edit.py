@@ -137,3 +137,25 @@ def test_degrade_fixed_and_random_params(tmp_path):
         assert 10 <= r["r"] <= 200 and 0 <= r["noise"] <= 25 and 5 <= r["jpeg"] <= 50
     res = cli("degrade", "--noise", "-1", d, tmp_path / "bad")
     assert res.exit_code == 1 and "noise" in res.output
+
+
+def test_inspect_flags_vdrs_far_from_training(model_file, tmp_path):
+    """A model file carrying training vDR statistics flags faces whose vDR lies outside them."""
+    from panini_models import vdr_stats
+    from panini_models.checkpoints import read_weights
+
+    d = faces_dir(tmp_path)
+    kind, cfg, state, _meta = read_weights(model_file)
+    vdrs = json.loads(cli("inspect", "-m", model_file, "--aligned", "--dr", "-f", "json", d).stdout)["rows"]
+    v = np.array([r["vdr"] for r in vdrs])
+    # "training" vDRs clustered around the first face only: the others lie far outside
+    rng = np.random.default_rng(0)
+    train = v[0] + rng.normal(0, 1e-4, (200, v.shape[1]))
+    stats = vdr_stats.compute(train)
+    flagged_file = tmp_path / "with_stats.safetensors"
+    save_weights(flagged_file, state, kind, cfg, vdr_stats.to_metadata(stats))
+    res = cli("inspect", "-m", flagged_file, "--aligned", "-f", "json", d)
+    rows = json.loads(res.stdout)["rows"]
+    assert [r["outside_training"] for r in rows] == [False, True, True]
+    assert rows[1]["ood_distance"] > stats["threshold"] >= rows[0]["ood_distance"]
+    assert "unlike anything in this model's training" in res.output

@@ -62,7 +62,16 @@ def inspect(
                 err_console.print(f"note: {item.path}: no face found", soft_wrap=True)
             for i, face in enumerate(item.faces):
                 rows.append(_row(str(item.path), i, face.box, face.results[0], dr))
+    threshold = (restorer.vdr_stats or {}).get("threshold")
+    for row in rows:
+        if threshold is not None and "ood_distance" in row:
+            row["outside_training"] = row["ood_distance"] > threshold
     _emit(rows, fmt, output, theta_only, model, report)
+    flagged = [r for r in rows if r.get("outside_training")]
+    if flagged:
+        err_console.print(f"note: {len(flagged)} face(s) degraded unlike anything in this model's training "
+                          f"(vDR distance > {threshold:.2f}): {', '.join(Path(r['path']).name for r in flagged[:5])}",
+                          soft_wrap=True)
     if plot is not None:
         report.plot(rows, plot, "theta vs r" if sweep else "theta per face")
     raise typer.Exit(1 if failed else 0)
@@ -73,6 +82,8 @@ def _row(path: str, face: int, box, result, dr: bool) -> dict:
            "theta": round(float(result.theta), 6), "thetas": [round(float(t), 6) for t in result.thetas]}
     if dr and result.vdr is not None:
         row["vdr"] = [float(v) for v in result.vdr]
+    if result.ood is not None:
+        row["ood_distance"] = round(result.ood, 4)
     return row
 
 
@@ -104,8 +115,6 @@ def _sweep(paths, restorer, r_values, sigma, noise, jpeg, seed, aligned, landmar
 
 
 def _emit(rows: list[dict], fmt: str, output: Optional[Path], theta_only: bool, model: str, report) -> None:
-    from ..images import write_image  # noqa: F401  (keeps the import cost where it is needed)
-
     if theta_only and fmt == "table":
         for r in rows:
             tag = f"r={r['r']:g}" if "r" in r else str(r["face"])
@@ -113,10 +122,15 @@ def _emit(rows: list[dict], fmt: str, output: Optional[Path], theta_only: bool, 
         return
     if fmt == "table":
         from rich.table import Table
+        has_ood = any("ood_distance" in r for r in rows)
         t = Table("image", "face" if not any("r" in r for r in rows) else "r", "theta",
-                  *[f"θ{i + 1}" for i in range(5)], *(["|vDR|"] if any("vdr" in r for r in rows) else []))
+                  *[f"θ{i + 1}" for i in range(5)], *(["|vDR|"] if any("vdr" in r for r in rows) else []),
+                  *(["vDR distance"] if has_ood else []))
         for r in rows:
             extra = [f"{sum(v * v for v in r['vdr']) ** 0.5:.3f}"] if "vdr" in r else []
+            if has_ood:
+                flag = " [red]outside training[/]" if r.get("outside_training") else ""
+                extra.append(f"{r.get('ood_distance', float('nan')):.2f}{flag}")
             t.add_row(Path(r["path"]).name, f"{r['r']:g}" if "r" in r else str(r["face"]), f"{r['theta']:.4f}",
                       *[f"{v:.3f}" for v in r["thetas"]], *extra)
         console.print(t)
