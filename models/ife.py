@@ -19,7 +19,16 @@ def _conv_act(in_ch: int, out_ch: int, stride: int = 1) -> list[nn.Module]:
 
 
 class ResidualDenseBlock(nn.Module):
-    """Five densely connected convs; output scaled by 0.2 and added to the input."""
+    """Five densely connected convs; output scaled by 0.2 and added to the input.
+
+    `forward` avoids the concatenations of the textbook form (`forward_ref`):
+    conv_i(cat(f_0..f_{i-1})) = sum_j conv(f_j, W_i[:, cols of f_j]), and all the
+    terms that one feature f_j contributes to the later convs come from ONE conv
+    with their weight slices stacked along the output channels. Same FLOPs, no
+    cat copies, and wide-output convs instead of thin ones: ~2x faster on a CPU
+    for the 8-channel RRDB that runs at 512 px in Panini-MFR; equal within
+    float32 rounding (tests/test_ife.py).
+    """
 
     def __init__(self, ch: int, growth: int):
         super().__init__()
@@ -27,12 +36,30 @@ class ResidualDenseBlock(nn.Module):
             out = ch if i == 4 else growth
             setattr(self, f"conv{i + 1}", nn.Conv2d(ch + i * growth, out, 3, 1, 1))
         self.act = nn.LeakyReLU(0.2)
+        self.widths = [ch] + [growth] * 4
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward_ref(self, x: torch.Tensor) -> torch.Tensor:
         feats = [x]
         for i in range(1, 5):
             feats.append(self.act(getattr(self, f"conv{i}")(torch.cat(feats, 1))))
         return self.conv5(torch.cat(feats, 1)) * 0.2 + x
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        convs = [getattr(self, f"conv{i + 1}") for i in range(5)]
+        fmt = torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) and x.shape[1] > 1 \
+            else torch.contiguous_format
+        acc: list = [None] * 5
+        feat, start = x, 0
+        for j, width in enumerate(self.widths):
+            weight = torch.cat([c.weight[:, start:start + width] for c in convs[j:]], 0)
+            parts = nn.functional.conv2d(feat, weight.contiguous(memory_format=fmt), padding=1).split(
+                [c.out_channels for c in convs[j:]], 1)
+            for i, part in enumerate(parts, j):
+                acc[i] = part if acc[i] is None else acc[i] + part
+            start += width
+            if j < 4:
+                feat = self.act(acc[j] + convs[j].bias.view(1, -1, 1, 1))
+        return (acc[4] + convs[4].bias.view(1, -1, 1, 1)) * 0.2 + x
 
 
 class RRDB(nn.Module):
