@@ -1,7 +1,8 @@
 """The `panini` Typer app. Imports no torch at module level, so --help is fast."""
 import typer
 
-from .commands import degrade, edit, inspect, restore, weights
+from .commands import degrade, edit, inspect, restore, video, weights
+from .commands import evaluate, train
 
 app = typer.Typer(help="Restore degraded faces with Panini-Net (AAAI 2022).", no_args_is_help=True,
                   add_completion=False, pretty_exceptions_enable=False)
@@ -9,7 +10,10 @@ app.command()(restore.restore)
 app.command()(inspect.inspect)
 app.command()(edit.edit)
 app.command()(degrade.degrade)
+app.command()(video.video)
 app.add_typer(weights.app, name="weights")
+app.add_typer(train.app, name="train")
+app.command()(evaluate.evaluate)
 
 
 @app.command()

@@ -48,10 +48,10 @@ def iou(a, b) -> float:
 
 
 def _patch(bgr: np.ndarray, lm5: np.ndarray) -> np.ndarray:
-    """The face's aligned 32x32 grey patch, zero-mean and unit-norm."""
-    grey = cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY)
-    p = cv2.warpAffine(grey, facelib.align_matrix(lm5, _PATCH), (_PATCH, _PATCH), flags=cv2.INTER_AREA,
-                       borderMode=cv2.BORDER_REFLECT_101).astype(np.float32)
+    """The face's aligned 32x32 grey patch, zero-mean and unit-norm (align_face cuts the
+    region first and area-shrinks it, so this costs the same for any frame size)."""
+    crop, _ = facelib.align_face(bgr, facelib.Face((0, 0, 1, 1), 0.0, lm5), _PATCH)
+    p = cv2.cvtColor(crop, cv2.COLOR_BGR2GRAY).astype(np.float32)
     p -= p.mean()
     return p / (np.linalg.norm(p) + 1e-6)
 
@@ -81,10 +81,16 @@ class FaceTracker:
         self._hog = self._shape = None
 
     def _load(self) -> None:
+        """dlib's HOG detector and landmark model: the full-frame detector's own when it is a
+        DlibDetector (each takes 1-2 s and ~100 MB to load), else fresh ones."""
         import dlib
-        self._hog = dlib.get_frontal_face_detector()
-        self._shape = dlib.shape_predictor(str(facelib.find_predictor(self.landmarks)))
         self._rect = dlib.rectangle
+        if isinstance(self.detector, facelib.DlibDetector) and self.detector.landmarks == self.landmarks:
+            self.detector.detect(np.zeros((8, 8, 3), np.uint8))          # loads its models
+            self._hog, self._shape = self.detector._hog, self.detector._shape
+        else:
+            self._hog = dlib.get_frontal_face_detector()
+            self._shape = dlib.shape_predictor(str(facelib.find_predictor(self.landmarks)))
 
     def _fit(self, bgr: np.ndarray, box) -> np.ndarray:
         """Five FFHQ landmarks from dlib's predictor inside `box` (HOG and the predictor use
@@ -152,7 +158,6 @@ class FaceTracker:
                 t.box = tuple(float(v) for v in np.asarray(t.box) + np.tile(shift, 2))
                 t.lm5 = lm5
             kept.append(t)
-        kept.sort(key=lambda t: -min(t.box[2] - t.box[0], t.box[3] - t.box[1]))
         deduped: list[Track] = []                # two tracks drifting onto one face: keep the older
         for t in sorted(kept, key=lambda t: t.id):
             if all(iou(t.box, o.box) < 0.5 for o in deduped):
@@ -201,10 +206,16 @@ class FramePreparer:
         self.buffer: deque = deque()     # (index, frame, {track id: Face}) not yet returned
         self.hist: dict[int, dict[int, np.ndarray]] = {}     # track id -> frame -> raw landmarks
         self.snapshots: dict[int, dict] = {}
-        self.exhausted = False
+        self.exhausted = False           # the frame source is used up
         if state:
             tracker.load(state["tracker"])
             self.hist = {int(t): {int(i): np.array(v) for i, v in h.items()} for t, h in state["hist"].items()}
+
+    @property
+    def finished(self) -> bool:
+        """Every frame has been handed out (read from another thread: a stale False only
+        means pipeline.run asks once more and gets an END item)."""
+        return self.exhausted and not self.buffer
 
     def _pull(self) -> None:
         try:

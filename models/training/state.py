@@ -91,7 +91,7 @@ class RestoreConfig(BaseConfig):
     lr_min: float = 1e-7
     l1_weight: float = 1.0
     perceptual_weight: float = 1e-2    # VGG16 conv4_3 MSE, when a VGG file is given
-    feature_match_weight: float = 1e-2 # substitute for the VGG term without a VGG file
+    feature_match_weight: float = 1.0  # substitute for the VGG term without a VGG file (not tuned)
     gan_weight: float = 1e-2
     disc_steps: int = 1                # a G step every disc_steps steps (official 1)
     d_mbstd_group: int = 4             # minibatch-stddev group of the discriminator

@@ -1,0 +1,206 @@
+"""`panini video` on this machine: speed against the model alone, memory against length, flicker.
+
+Every measurement runs in its own process (so peak RSS is its own). Prints one table.
+
+- speed: frames/s of the whole command (decode, track, align, model, paste, encode, mux)
+  on a clip with one face per frame, against the model alone on as many crops at the
+  same batch size (the issue's goal: >= 0.9x);
+- memory: peak RSS of the Python process for a clip and for the same clip joined ten
+  times (the goal: flat). The two ffmpeg processes (decoder, encoder) are not counted:
+  a forked child's max RSS is the parent's until exec, so getrusage cannot tell; they
+  hold a few frames of pipe and codec buffers;
+- flicker: mean absolute frame-to-frame change inside the face box (0-255 levels), of
+  the output and of the input, with landmark smoothing off and on.
+
+The model is the `small` preset with random weights (seed 0) unless --model is given:
+random weights restore nothing, but they turn a jittering crop into a jittering face
+just as a trained net does, which is what the flicker column compares.
+
+    python benchmarks/video.py                       # keep_real_3, 2 s, batch 1
+    python benchmarks/video.py --seconds 3 --batch-size 4 --smooth 0 2 4
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("PANINI_SHARED", REPO.parent / "shared"))
+CLIP = SHARED / "data" / "video" / "keep_real_3.mp4"
+
+
+def small_model(folder: Path) -> Path:
+    import torch
+
+    from panini_models.checkpoints import save_weights
+    from panini_models.panini import PRESETS, PaniniNet
+    torch.manual_seed(0)
+    model = PaniniNet(PRESETS["small"])
+    path = folder / "small.safetensors"
+    save_weights(path, model.state_dict(), "panini", json.loads(model.config.to_json()))
+    return path
+
+
+def child_video(args) -> dict:
+    import numpy as np
+    import torch
+
+    from panini_cli import video as vid
+    from panini_cli.modelopts import load_restorer, make_preparer
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    restorer = load_restorer(args.model, "cpu", "fp32")
+    detector = make_preparer(restorer.in_size, False, "68").make_detector()
+    detector.detect(np.zeros((8, 8, 3), np.uint8))        # load dlib's models outside the timing
+    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    settings = vid.Settings(smooth=args.smooth[0], detect_every=args.detect_every)
+    t, c = time.perf_counter(), time.process_time()
+    s = vid.restore_video(Path(args.clip), Path(args.out), settings, restorer, "bench", detector,
+                          batch_size=args.batch_size, resume=False)
+    wall = time.perf_counter() - t
+    return {"frames": s["frames"], "faces": s["faces"], "seconds": wall, "cpu": time.process_time() - c,
+            "rss_before_mb": rss0 / 1024, "rss_peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+def child_model(args) -> dict:
+    import numpy as np
+    import torch
+
+    from panini_cli.modelopts import load_restorer
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    restorer = load_restorer(args.model, "cpu", "fp32")
+    rng = np.random.default_rng(0)
+    n = args.faces
+    crops = [rng.integers(0, 255, (restorer.in_size, restorer.in_size, 3), dtype=np.uint8) for _ in range(n)]
+    restorer(crops[:args.batch_size])                     # warm-up
+    t = time.perf_counter()
+    for i in range(0, n, args.batch_size):
+        restorer(crops[i:i + args.batch_size])
+    return {"faces": n, "seconds": time.perf_counter() - t}
+
+
+def spawn(mode: str, **kw) -> dict:
+    cmd = [sys.executable, __file__, "--child", mode] + [x for k, v in kw.items() for x in (f"--{k.replace('_', '-')}", str(v))]
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    if res.returncode != 0:
+        raise SystemExit(f"{mode} child failed:\n{res.stderr[-2000:]}")
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def frames_bgr(path: Path):
+    import imageio_ffmpeg
+    import numpy as np
+    gen = imageio_ffmpeg.read_frames(str(path), pix_fmt="bgr24")
+    w, h = next(gen)["size"]
+    for b in gen:
+        yield np.frombuffer(b, np.uint8).reshape(h, w, 3)
+
+
+def flicker(inp: Path, outs: dict[str, Path]) -> dict[str, float]:
+    """Mean |frame t - frame t-1| inside the face box (the largest face found in the input at
+    t; the last box when none is found), for the input and each output."""
+    import numpy as np
+
+    from panini_cli.faces import DlibDetector
+    det = DlibDetector()
+    boxes, box = [], None
+    for f in frames_bgr(inp):
+        found = det.detect(f)
+        if found:
+            box = [int(round(v)) for v in found[0].box]
+        boxes.append(box)
+    result = {}
+    for name, path in {"input": inp, **outs}.items():
+        prev, diffs = None, []
+        for f, b in zip(frames_bgr(path), boxes):
+            f = f.astype(np.float32)
+            if prev is not None and b is not None:
+                x0, y0, x1, y1 = max(0, b[0]), max(0, b[1]), b[2], b[3]
+                diffs.append(float(np.abs(f[y0:y1, x0:x1] - prev[y0:y1, x0:x1]).mean()))
+            prev = f
+        result[name] = float(np.mean(diffs)) if diffs else float("nan")
+    return result
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--clip", type=Path, default=CLIP)
+    ap.add_argument("--seconds", type=float, default=2.0, help="length of the clip cut from --clip")
+    ap.add_argument("--repeat", type=int, default=10, help="the long clip is the short one joined this many times")
+    ap.add_argument("--batch-size", type=int, default=1)
+    ap.add_argument("--detect-every", type=int, default=5)
+    ap.add_argument("--smooth", type=float, nargs="+", default=[0.0, 2.0])
+    ap.add_argument("--threads", type=int, default=max(1, (os.cpu_count() or 2) - 1),
+                    help="torch threads for the video runs (default: cores - 1, as `panini video` on CPU; "
+                         "0: torch's default); the model-alone run always uses torch's default")
+    ap.add_argument("--model", type=str, default=None, help="weight file or registry name (default: small, random)")
+    ap.add_argument("--child", choices=["video", "model"], help=argparse.SUPPRESS)
+    ap.add_argument("--out", type=Path, help=argparse.SUPPRESS)
+    ap.add_argument("--faces", type=int, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        print(json.dumps(child_video(args) if args.child == "video" else child_model(args)))
+        return
+    if not args.clip.exists():
+        raise SystemExit(f"{args.clip} not found (needs ../shared/data/video, or --clip)")
+
+    from panini_cli import video as vid
+    tmp = Path(tempfile.mkdtemp(prefix="panini-bench-video-"))
+    model = args.model or str(small_model(tmp))
+    short = tmp / "short.mp4"
+    subprocess.run([vid.ffmpeg_exe(), "-v", "error", "-y", "-i", str(args.clip), "-t", str(args.seconds),
+                    "-c:v", "libx264", "-crf", "12", "-c:a", "copy", str(short)], check=True)
+    (tmp / "list.txt").write_text("".join(f"file '{short.name}'\n" for _ in range(args.repeat)))
+    long = tmp / "long.mp4"
+    subprocess.run([vid.ffmpeg_exe(), "-v", "error", "-y", "-f", "concat", "-safe", "0", "-i", str(tmp / "list.txt"),
+                    "-c", "copy", str(long)], check=True)
+    load = os.getloadavg()[0]
+
+    rows, outs = [], {}
+    for s in args.smooth:
+        out = tmp / f"out_s{s:g}.mp4"
+        r = spawn("video", clip=short, out=out, model=model, smooth=s, batch_size=args.batch_size,
+                  detect_every=args.detect_every, threads=args.threads)
+        outs[f"smooth {s:g}"] = out
+        rows.append((f"video, short, smooth {s:g}", r))
+    r_long = spawn("video", clip=long, out=tmp / "out_long.mp4", model=model, smooth=args.smooth[-1],
+                   batch_size=args.batch_size, detect_every=args.detect_every, threads=args.threads)
+    rows.append((f"video, short x{args.repeat}, smooth {args.smooth[-1]:g}", r_long))
+    faces = rows[0][1]["faces"]
+    m = spawn("model", model=model, batch_size=args.batch_size, faces=max(1, faces), threads=0)
+    model_fps = m["faces"] / m["seconds"]
+    flick = flicker(short, outs)
+
+    print(f"\nclip {args.clip.name}: {args.seconds:g} s cut ({rows[0][1]['frames']} frames, {faces} faces), "
+          f"batch {args.batch_size}, detect every {args.detect_every}, torch threads {args.threads or 'default'}, load average at start {load:.1f} "
+          f"on {os.cpu_count()} cores\n")
+    print(f"{'run':34} {'frames':>6} {'faces':>6} {'s':>7} {'frames/s':>9} {'vs model':>9} "
+          f"{'RSS before':>10} {'RSS peak':>9}")
+    for name, r in rows:
+        fps = r["frames"] / r["seconds"]
+        per_face = r["faces"] / r["seconds"]
+        print(f"{name:34} {r['frames']:6d} {r['faces']:6d} {r['seconds']:7.1f} {fps:9.2f} "
+              f"{per_face / model_fps:8.2f}x {r['rss_before_mb']:8.0f}MB {r['rss_peak_mb']:7.0f}MB")
+    print(f"{'model alone (same crops count)':34} {'':6} {m['faces']:6d} {m['seconds']:7.1f} {model_fps:9.2f} "
+          f"{1.0:8.2f}x")
+    grow = rows[-1][1]["rss_peak_mb"] - rows[-2][1]["rss_peak_mb"]
+    print(f"\npeak RSS, x{args.repeat} length minus x1: {grow:+.0f} MB")
+    print("\nflicker: mean |frame t - frame t-1| inside the face box (levels 0-255)")
+    for name, v in flick.items():
+        rel = "" if name == "input" else f"   ({v / flick['input']:.2f}x the input)"
+        print(f"  {name:12} {v:6.2f}{rel}")
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

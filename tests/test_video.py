@@ -1,0 +1,297 @@
+"""`panini video` end to end on short clips: timing, audio, pass-through pixels, damage, resume.
+
+Clips: synthetic ones made here with imageio_ffmpeg.write_frames (no face, so they
+run fast), and two of ../shared/data/video trimmed with --start/--duration (faces).
+"""
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import wave
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from panini_cli import video as vid
+from panini_cli.app import app
+from panini_models.checkpoints import save_weights
+from panini_models.panini import PRESETS, PaniniNet
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+VIDEOS = SHARED / "data" / "video"
+REPO = Path(__file__).resolve().parents[1]
+runner = CliRunner()
+
+
+def need_clip(name: str) -> Path:
+    path = VIDEOS / name
+    if not path.exists():
+        pytest.skip(f"{path} not found: this test needs ../shared/data/video beside the repository")
+    return path
+
+
+@pytest.fixture(scope="module")
+def model_file(tmp_path_factory):
+    torch.manual_seed(0)
+    model = PaniniNet(PRESETS["small"])
+    path = tmp_path_factory.mktemp("model") / "small.safetensors"
+    save_weights(path, model.state_dict(), "panini", json.loads(model.config.to_json()))
+    return path
+
+
+def run(*args):
+    return runner.invoke(app, ["video", *map(str, args)])
+
+
+def summary_of(res) -> dict:
+    assert res.exit_code == 0, res.output
+    return json.loads([ln for ln in res.stdout.splitlines() if ln.startswith("{")][-1])
+
+
+def ffmpeg(*args):
+    subprocess.run([vid.ffmpeg_exe(), "-v", "error", "-y", *map(str, args)], check=True, capture_output=True)
+
+
+def span(path, stream: str):
+    """(first pts, end of last frame, packets) of one stream, in seconds; None if absent."""
+    out = subprocess.run([vid.ffmpeg_exe(), "-v", "error", "-i", str(path), "-map", stream, "-c", "copy",
+                          "-f", "framecrc", "-"], capture_output=True, text=True).stdout
+    tb = re.search(r"#tb 0: (\d+)/(\d+)", out)
+    rows = [[int(v) for v in ln.split(",")[1:4]] for ln in out.splitlines() if ln and not ln.startswith("#")]
+    if not tb or not rows:
+        return None
+    t = int(tb[1]) / int(tb[2])
+    last = max(rows, key=lambda r: r[1])
+    return min(r[1] for r in rows) * t, (last[1] + last[2]) * t, len(rows)
+
+
+def yuv_frames(path) -> np.ndarray:
+    import imageio_ffmpeg
+    gen = imageio_ffmpeg.read_frames(str(path), pix_fmt="yuv420p", bits_per_pixel=12,
+                                     output_params=["-fps_mode", "passthrough"])
+    next(gen)
+    return np.stack([np.frombuffer(b, np.uint8) for b in gen]).astype(np.float64)
+
+
+def sine_wav(path, seconds: float, rate: int = 44100) -> Path:
+    t = np.arange(int(seconds * rate)) / rate
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes((0.3 * np.sin(2 * np.pi * 440 * t) * 32767).astype(np.int16).tobytes())
+    return Path(path)
+
+
+def synthetic(path, n=50, size=(160, 120), fps=25, audio=None, audio_codec="aac", extra=()):
+    """A textured clip with a moving block and no face, written with write_frames."""
+    import imageio_ffmpeg
+    w, h = size
+    yy, xx = np.mgrid[0:h, 0:w]
+    tex = np.random.default_rng(0).integers(0, 40, (h, w, 3)).astype(np.int16)
+    gen = imageio_ffmpeg.write_frames(str(path), size, pix_fmt_in="bgr24", fps=fps, quality=None, macro_block_size=1,
+                                      output_params=["-crf", "10", *extra], audio_path=audio and str(audio),
+                                      audio_codec=audio_codec, ffmpeg_log_level="error")
+    gen.send(None)
+    for i in range(n):
+        f = np.stack([xx * 255 // w, yy * 255 // h, np.full_like(xx, i * 5 % 255)], -1).astype(np.int16) + tex
+        x0 = i * 3 % (w - 30)
+        f[40:70, x0:x0 + 30] = (20, 200, 240)
+        gen.send(np.clip(f, 0, 255).astype(np.uint8))
+    gen.close()
+    return Path(path)
+
+
+# ---------------------------------------------------------------- timing, audio, pixels
+def test_plain_command_no_face_keeps_frames_timing_audio_and_pixels(model_file, tmp_path, monkeypatch):
+    from panini_models import registry
+    bundled = tmp_path / "bundled"
+    bundled.mkdir()
+    (bundled / "default.safetensors").write_bytes(model_file.read_bytes())
+    monkeypatch.setattr(registry, "PACKAGE_WEIGHTS", bundled)       # as if the default model shipped
+    clip = synthetic(tmp_path / "clip.mp4", audio=sine_wav(tmp_path / "a.wav", 2.0))
+    monkeypatch.chdir(tmp_path)
+    res = runner.invoke(app, ["video", "clip.mp4"])                 # exactly the user's example
+    assert res.exit_code == 0, res.output
+    out = tmp_path / "clip_restored.mp4"
+    assert out.exists() and not (tmp_path / "clip_restored.mp4.partial").exists()
+    src, got = vid.probe(clip), vid.probe(out)
+    assert got.frames == src.frames == 50 and got.fps == src.fps == 25
+    assert got.audio == ["aac"]
+    v_in, v_out = span(clip, "0:v:0"), span(out, "0:v:0")
+    assert v_out[:2] == pytest.approx(v_in[:2], abs=1e-3)
+    a_in, a_out = span(clip, "0:a:0"), span(out, "0:a:0")
+    assert a_out[1] - a_out[0] == pytest.approx(a_in[1] - a_in[0], abs=0.03)
+    # no face: the frames come back within codec loss, with no colour shift
+    a, b = yuv_frames(clip), yuv_frames(out)
+    assert a.shape == b.shape == (50, 160 * 120 * 3 // 2)
+    d = b - a
+    assert 10 * np.log10(255 ** 2 / (d ** 2).mean()) > 40 and abs(d.mean()) < 0.3
+    # and refuse to overwrite it on a rerun
+    res = runner.invoke(app, ["video", "clip.mp4"])
+    assert res.exit_code == 1 and "exists" in res.output
+
+
+def test_real_clip_with_audio_offset_and_faces(model_file, tmp_path):
+    clip = need_clip("facerec_short_hamilton_clip.mp4")        # video starts 0.84 s after the audio
+    out = tmp_path / "ham.mp4"
+    s = summary_of(run(clip, "-o", out, "-m", model_file, "--duration", "1.2", "--json"))
+    src, got = vid.probe(clip), vid.probe(out)
+    assert got.frames == s["frames"] == src.frames_between(0, 1.2) > 8
+    assert got.fps == src.fps and s["faces"] > 0
+    assert got.color.get("space") == "bt709"                        # colour tags kept
+    v_in, v_out, a_out = span(clip, "0:v:0"), span(out, "0:v:0"), span(out, "0:a:0")
+    assert v_out[0] - a_out[0] == pytest.approx(v_in[0], abs=0.01)  # lip sync: the same video offset
+    assert a_out[1] - a_out[0] == pytest.approx(1.2, abs=0.05)
+
+
+def test_clip_without_audio_from_start_with_sar(model_file, tmp_path):
+    clip = need_clip("keep_real_3.mp4")                         # no audio, SAR 391:390, a face throughout
+    out = tmp_path / "k3.mkv"
+    s = summary_of(run(clip, "-o", out, "-m", model_file, "--start", "5.3", "--json", "--smooth", "1"))
+    got, src = vid.probe(out), vid.probe(clip)
+    assert got.frames == s["frames"] == src.frames_between(5.3, None) > 8
+    assert s["faces"] >= s["frames"] - 1 and got.audio == [] and got.sar == src.sar
+
+
+def test_rotation_metadata_is_applied_to_the_pixels(model_file, tmp_path):
+    clip = synthetic(tmp_path / "s.mp4", n=10)
+    rotated = tmp_path / "rot.mp4"
+    ffmpeg("-display_rotation", "90", "-i", clip, "-c", "copy", rotated)
+    assert vid.probe(rotated).rotation == 90
+    out = tmp_path / "out.mp4"
+    summary_of(run(rotated, "-o", out, "-m", model_file, "--json"))
+    got = vid.probe(out)
+    assert (got.width, got.height, got.rotation, got.frames) == (120, 160, 0.0, 10)
+
+
+def test_audio_reencoded_when_the_container_refuses_it(model_file, tmp_path):
+    clip = synthetic(tmp_path / "m.mkv", n=25, audio=sine_wav(tmp_path / "a.wav", 1.0), audio_codec="pcm_mulaw")
+    out = tmp_path / "m.mp4"
+    res = run(clip, "-o", out, "-m", model_file)
+    assert res.exit_code == 0, res.output
+    assert "audio re-encoded to aac" in res.output
+    assert vid.probe(out).audio == ["aac"]
+    a = span(out, "0:a:0")
+    assert a[1] - a[0] == pytest.approx(1.0, abs=0.05)
+
+
+def test_variable_frame_rate_is_said_and_stays_in_sync(model_file, tmp_path):
+    clip = synthetic(tmp_path / "c.mp4", n=50, audio=sine_wav(tmp_path / "a.wav", 3.0))
+    vfr = tmp_path / "vfr.mkv"                  # frames 25..49 shown twice as long: 1 s at 25 fps, 2 s at 12.5
+    ffmpeg("-i", clip, "-vf", "setpts='if(lt(N,25),N/25,1+(N-25)/12.5)/TB'", "-fps_mode", "vfr",
+           "-c:v", "libx264", "-crf", "10", "-c:a", "copy", vfr)
+    assert vid.probe(vfr).vfr
+    out = tmp_path / "out.mkv"
+    res = run(vfr, "-o", out, "-m", model_file)
+    assert res.exit_code == 0, res.output
+    assert "variable frame rate" in res.output
+    got = vid.probe(out)
+    v = span(out, "0:v:0")
+    assert not got.vfr and v[1] - v[0] == pytest.approx(3.0, abs=0.1)
+
+
+# ---------------------------------------------------------------- damage
+def test_unreadable_and_truncated_inputs(model_file, tmp_path):
+    clip = synthetic(tmp_path / "c.mp4", n=50)
+    data = clip.read_bytes()
+    cut = tmp_path / "cut.mp4"                  # moov at the end: nothing can be read
+    cut.write_bytes(data[:len(data) // 2])
+    res = run(cut, "-m", model_file)
+    assert res.exit_code == 1
+    assert len(res.output.strip().splitlines()) == 1 and "cut.mp4" in res.output and "moov" in res.output
+    assert not (tmp_path / "cut_restored.mp4").exists() and not list(tmp_path.glob("*.partial"))
+
+    fast = tmp_path / "fast.mp4"
+    ffmpeg("-i", clip, "-c", "copy", "-movflags", "+faststart", fast)
+    data = fast.read_bytes()
+    part = tmp_path / "part.mp4"                # index first, data cut: the start decodes
+    part.write_bytes(data[:int(len(data) * 0.6)])
+    res = run(part, "-m", model_file)
+    assert res.exit_code == 1
+    errors = [ln for ln in res.output.splitlines() if ln.startswith("error:")]
+    assert len(errors) == 1 and "part.mp4" in errors[0] and "truncated" in errors[0]
+    kept = vid.probe(tmp_path / "part_restored.mp4")
+    assert 10 < kept.frames < 50
+
+
+# ---------------------------------------------------------------- resume
+def test_resume_after_kill(model_file, tmp_path):
+    clip = need_clip("keep_real_3.mp4")
+    out = tmp_path / "r.mp4"
+    args = [str(clip), "-o", str(out), "-m", str(model_file), "--duration", "1", "--chunk-frames", "3", "-q"]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen([sys.executable, "-m", "panini_cli", "video", *args], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    partial = tmp_path / "r.mp4.partial"
+    deadline = time.time() + 60
+    while len(list(partial.glob("chunk_*.json"))) < 2 and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+    finished = len(list(partial.glob("chunk_*.json")))
+    assert finished >= 2 and not out.exists()
+    first = (partial / "chunk_000000.mp4").read_bytes()
+    s = summary_of(run(*args[:-1], "--json"))
+    assert s["resumed_chunks"] >= finished - 1 >= 1          # a chunk may finish between the glob and the kill
+    assert s["frames"] == vid.probe(out).frames == 20 and s["faces"] == 20
+    assert not partial.exists() and len(first) > 0
+
+
+def test_tracking_state_resumes_smoothing_exactly():
+    """Stopping at a chunk boundary and going on from the saved state gives the same crops'
+    landmarks as an uninterrupted run; smoothing removes jitter without lag on a steady move."""
+    from panini_cli.faces import Face
+    from panini_cli.tracking import END, FramePreparer
+
+    rng = np.random.default_rng(0)
+    truth = [np.array([[30, 40], [60, 40], [45, 55], [35, 68], [55, 68]], float) + [i * 0.5, 0] for i in range(40)]
+    noisy = [t + rng.normal(0, 1.0, t.shape) for t in truth]
+
+    class Stub:                                  # one face, landmarks given per frame
+        def __init__(self):
+            self.tracks = []
+
+        def step(self, i, frame):
+            self.tracks = [type("T", (), {"id": 7})()]
+            lm = noisy[i]
+            return [(7, Face((lm[:, 0].min() - 10, lm[:, 1].min() - 15, lm[:, 0].max() + 10, lm[:, 1].max() + 10),
+                             1.0, lm))]
+
+        def state(self):
+            return {"n": 1}
+
+        def load(self, state):
+            assert state == {"n": 1}
+
+    frames = [(i, np.zeros((120, 120, 3), np.uint8)) for i in range(40)]
+
+    def landmarks(prep, upto):
+        got = []
+        while True:
+            item = prep(None, None)
+            if str(item.rel) == END or int(str(item.rel)) >= upto:
+                return got, item
+            got.append(prep.smoothed(7, int(str(item.rel))) if prep.k else None)
+
+    whole = FramePreparer(iter(frames), Stub(), 32, 2.0, Path("x"), boundary_every=20)
+    all_lm, _ = landmarks(whole, 99)
+    first = FramePreparer(iter(frames), Stub(), 32, 2.0, Path("x"), boundary_every=20)
+    part1, _ = landmarks(first, 19)
+    state = json.loads(json.dumps(first.snapshots[20]))
+    second = FramePreparer(iter(frames[20:]), Stub(), 32, 2.0, Path("x"), state=state)
+    part2, _ = landmarks(second, 99)
+    assert len(all_lm) == 40 and len(part2) == 20
+    np.testing.assert_allclose(np.array(part2), np.array(all_lm[20:]))
+    err_raw = np.mean([np.abs(n - t).mean() for n, t in zip(noisy[5:35], truth[5:35])])
+    err_smooth = np.mean([np.abs(s - t).mean() for s, t in zip(all_lm[5:35], truth[5:35])])
+    assert err_smooth < 0.6 * err_raw
+    bias = np.mean([(s - t)[:, 0].mean() for s, t in zip(all_lm[5:35], truth[5:35])])
+    assert abs(bias) < 0.2                       # centred window: no lag behind the motion
