@@ -59,7 +59,8 @@ def worker(args) -> None:
     flops = 0
     if args.count_flops:
         from torch.utils.flop_counter import FlopCounterMode
-        model.requires_grad_(False)          # the counter's module tracker trips on no_grad leaves
+        model.eval().requires_grad_(False)   # eval: a train-mode pass would move the BN running stats;
+        # requires_grad off: the counter's module tracker trips on no_grad leaves
         with FlopCounterMode(display=False) as counter:
             model(x[:1])
         flops = counter.get_total_flops()
