@@ -2,7 +2,6 @@
 (resume after SIGTERM, 2 ranks = 1 rank with the doubled batch, NaN stop, atomic
 checkpoints) holds. Everything runs on the CPU with tiny models and tiny images."""
 import json
-import multiprocessing
 import os
 import signal
 import socket
@@ -42,6 +41,17 @@ TINY = [f"model={json.dumps(TINY_MODEL)}", "task=small", "num_workers=0", "threa
         "val_every=0", "val_count=0", "ckpt_every=1000", "tensorboard=false"]
 
 
+@pytest.fixture(autouse=True)
+def _keep_thread_settings():
+    """One torch thread (the machine's 2 cores are shared; oversubscribed OpenMP crawls), and
+    leave the thread counts of the test process as we found them."""
+    torch_threads, cv_threads = torch.get_num_threads(), cv2.getNumThreads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(torch_threads)
+    cv2.setNumThreads(cv_threads)
+
+
 def faces(folder: Path, n: int, size: int = 128, seed: int = 0) -> Path:
     """Smooth random colour images: stand-ins for faces with structure at several scales."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -73,7 +83,6 @@ def test_udrl_makes_same_degradation_pairs_closer(tmp_path):
         "preset=small", 'model={"dre_channels": [8, 8, 16, 16, 32, 32], "dr_dim": 32, "dre_input_size": 32}',
         "hq_size=64", "lq_size=32", "batch_size=16", "queue=64", "momentum=0.99", "num_workers=0",
         "val_count=24", "val_pairs=64", "total_steps=100"])
-    torch.set_num_threads(1)
     train, val = split_holdout(list_images(data), cfg.val_count, cfg.seed)
     trainer = UDRLTrainer(cfg, train, val, DistInfo())
     xq, xk = trainer.val
@@ -223,7 +232,13 @@ def _free_port() -> int:
 def _ddp_worker(rank: int, world: int, port: int, data: str, run: str, args: list) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
                       LOCAL_RANK=str(rank))
+    torch.distributed.init_process_group("gloo", rank=rank, world_size=world)
     start(restore_cfg(*args), data, run)
+    # UDRL across ranks: keys gathered into the queue, key batch shuffled across ranks for BN
+    start(load_config("dre", None, ["preset=small", f"model={json.dumps(TINY_MODEL)}", "batch_size=2",
+                                    "total_steps=2", "num_workers=0", "val_every=0", "val_count=0", "queue=16",
+                                    "tensorboard=false", "threads=1"]), data, run + "_dre")
+    torch.distributed.destroy_process_group()
 
 
 def test_two_gloo_ranks_equal_one_rank_with_the_doubled_batch(tmp_path):
@@ -240,10 +255,50 @@ def test_two_gloo_ranks_equal_one_rank_with_the_doubled_batch(tmp_path):
     a = read_weights(tmp_path / "one" / "final.safetensors")[2]
     b = read_weights(tmp_path / "two" / "final.safetensors")[2]
     for k in a:
-        torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=1e-5, msg=k)
-    moved = max(float((a[k] - v).abs().max()) for k, v in
-                load_checkpoint(tmp_path / "one" / CHECKPOINT)["trainer"]["G"].items() if v.is_floating_point())
-    assert moved > 0      # the comparison is not between two untrained models
+        torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=5e-5, msg=k)
+    ga = load_checkpoint(tmp_path / "one" / CHECKPOINT)["trainer"]["G"]
+    gb = load_checkpoint(tmp_path / "two" / CHECKPOINT)["trainer"]["G"]
+    for k in ga:                                             # the trained (non-EMA) generators too
+        torch.testing.assert_close(gb[k], ga[k], rtol=1e-4, atol=5e-5, msg=k)
+    init = RestoreTrainer(restore_cfg(*common, "batch_size=2"), list_images(data), [], DistInfo()).G.state_dict()
+    moved = max(float((ga[k] - v).abs().max()) for k, v in init.items() if v.is_floating_point())
+    assert moved > 1e-3   # the comparison is not between two untrained models
+    moco = load_checkpoint(tmp_path / "two_dre" / CHECKPOINT)["trainer"]["moco"]
+    assert int(moco["queue_ptr"]) == 2 * 2 * 2                  # steps x ranks x batch keys enqueued
+    assert torch.allclose(moco["queue"][:, :8].norm(dim=0), torch.ones(8))
+
+
+def test_gradient_accumulation_equals_the_larger_batch(tmp_path):
+    files = list_images(faces(tmp_path / "hq", 8))
+    params = {}
+    for name, extra in (("batch", ["batch_size=2"]), ("accum", ["batch_size=1", "accum=2"])):
+        trainer = RestoreTrainer(restore_cfg("total_steps=3", "d_mbstd_group=1", "lr_g=1e-3", "lr_d=1e-3",
+                                             *extra), files, [], DistInfo())
+        init = {k: v.detach().clone() for k, v in trainer.G.named_parameters()}
+        for _ in range(2):
+            trainer.train_step()
+        assert max(float((v - init[k]).abs().max()) for k, v in trainer.G.named_parameters()) > 1e-3
+        params[name] = dict(trainer.G.named_parameters()) | {f"D.{k}": v for k, v in trainer.D.named_parameters()}
+    for k, v in params["batch"].items():
+        # Adam turns float-rounding differences of tiny gradients into up to ~1% of one lr step
+        torch.testing.assert_close(params["accum"][k], v, rtol=1e-4, atol=5e-5, msg=k)
+
+
+def test_paired_folder_mode_reads_lq_by_relative_path(tmp_path):
+    hq = faces(tmp_path / "hq" / "a", 2).parent
+    lq_root = tmp_path / "lq" / "a"
+    lq_root.mkdir(parents=True)
+    for p in sorted((hq / "a").glob("*.png")):
+        img = cv2.resize(cv2.imread(str(p)), (32, 32), interpolation=cv2.INTER_AREA)
+        cv2.imwrite(str(lq_root / f"{p.stem}.jpg"), img)
+    files = list_images(hq)
+    ds = FaceDataset(files, 128, 64, "pairs", flip=False, pairs_dir=tmp_path / "lq", root=hq)
+    item = ds[(0, 1)]
+    want = cv2.resize(cv2.imread(str(lq_root / "001.jpg")), (64, 64), interpolation=cv2.INTER_CUBIC)
+    torch.testing.assert_close(item["lq"], torch.from_numpy(want[..., ::-1].copy()).permute(2, 0, 1) / 127.5 - 1)
+    (lq_root / "000.jpg").unlink()
+    with pytest.raises(FileNotFoundError, match="no LQ image"):
+        FaceDataset(files, 128, 64, "pairs", pairs_dir=tmp_path / "lq", root=hq)
 
 
 def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_checkpoint(tmp_path):
@@ -262,17 +317,20 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_checkpoint(tmp_p
     assert not (out / "final.safetensors").exists()
 
 
-def _write_and_die(path: str, old_len: int) -> None:
-    """Child: start overwriting a checkpoint with a big state, SIGKILL ourselves mid-write."""
-    import threading
-    tmp = Path(path).with_name(f".{Path(path).name}.tmp-{os.getpid()}")
-
-    def killer():
-        while not (tmp.exists() and tmp.stat().st_size > 4 * old_len + (8 << 20)):
-            time.sleep(0.0005)
-        os.kill(os.getpid(), signal.SIGKILL)
-    threading.Thread(target=killer, daemon=True).start()
-    save_checkpoint(path, {"step": 2, "big": torch.ones(64 << 20)})        # 256 MB
+WRITE_AND_DIE = """
+import os, signal, sys, threading, time
+from pathlib import Path
+import torch
+from panini_models.training.state import save_checkpoint
+path, old_len = Path(sys.argv[1]), int(sys.argv[2])
+tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+def killer():  # SIGKILL ourselves once the new file is well past the old one's size
+    while not (tmp.exists() and tmp.stat().st_size > 4 * old_len + (8 << 20)):
+        time.sleep(0.0005)
+    os.kill(os.getpid(), signal.SIGKILL)
+threading.Thread(target=killer, daemon=True).start()
+save_checkpoint(path, {"step": 2, "big": torch.ones(64 << 20)})   # 256 MB
+"""
 
 
 def test_checkpoint_killed_mid_write_keeps_the_last_good_one(tmp_path):
@@ -280,10 +338,8 @@ def test_checkpoint_killed_mid_write_keeps_the_last_good_one(tmp_path):
     good = {"step": 1, "w": torch.arange(10.0)}
     save_checkpoint(path, good)
     before = path.read_bytes()
-    proc = multiprocessing.get_context("fork").Process(target=_write_and_die, args=(str(path), len(before)))
-    proc.start()
-    proc.join(60)
-    assert proc.exitcode == -signal.SIGKILL
+    proc = subprocess.run([sys.executable, "-c", WRITE_AND_DIE, str(path), str(len(before))], timeout=120)
+    assert proc.returncode == -signal.SIGKILL
     partial = list(tmp_path.glob(f".{CHECKPOINT}.tmp-*"))
     assert len(partial) == 1 and 8 << 20 < partial[0].stat().st_size < 256 << 20   # killed mid-write
     assert path.read_bytes() == before and torch.equal(load_checkpoint(path)["w"], good["w"])

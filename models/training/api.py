@@ -25,6 +25,7 @@ def start(cfg, data_dir, run_dir, *, resume: bool = False, prior=None, dre=None,
     """Train (or continue) one run. -> {"status", "step", "export"?, "notes"}.
 
     Raises NonFiniteLoss if a loss goes NaN/inf (RUN_DIR/checkpoint.pt is kept as it was)."""
+    threads_before = torch.get_num_threads()
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
     run_dir = Path(run_dir)
@@ -72,6 +73,7 @@ def start(cfg, data_dir, run_dir, *, resume: bool = False, prior=None, dre=None,
         result["notes"] = notes
         return result
     finally:
+        torch.set_num_threads(threads_before)
         if created:
             dist.shutdown(info)
 

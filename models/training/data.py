@@ -193,11 +193,22 @@ class ResumableBatches(Sampler):
 
 
 def worker_init(_worker_id: int) -> None:
-    """One OpenCV thread per loader worker (workers x OpenCV threads would oversubscribe)."""
+    """One OpenCV thread per loader worker (workers x OpenCV threads would oversubscribe).
+    SIGINT/SIGTERM are ignored: the training process decides when to stop (after saving a
+    checkpoint) and then shuts its workers down; workers also exit when it dies."""
+    import signal
+
     cv2.setNumThreads(1)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def make_loader(dataset: Dataset, batches: ResumableBatches, num_workers: int, pin: bool = False):
+    """A DataLoader over `batches`. With workers, OpenCV in this process is set to one thread
+    first: a worker forked while OpenCV's thread pool exists deadlocks in its first cv2 call
+    (seen here with opencv-python 4.x), and the workers do the image work anyway."""
+    if num_workers:
+        cv2.setNumThreads(1)
     return torch.utils.data.DataLoader(dataset, batch_sampler=batches, num_workers=num_workers,
                                        worker_init_fn=worker_init if num_workers else None,
                                        pin_memory=pin, persistent_workers=False,

@@ -170,7 +170,8 @@ def run(trainer, run_dir, cfg, info: dist.DistInfo, logger: RunLogger, resume: b
             except NonFiniteLoss as e:
                 where = (f"the last good checkpoint is {ckpt} (step {saved_step})" if saved_step is not None
                          else "no checkpoint had been written yet")
-                msg = f"{e}; stopped without saving, {where}"
+                msg = (f"{e}; stopped without saving, {where}. Lower the learning rates (--set lr_g=...) "
+                       "or check the data, then continue with --resume")
                 logger.record("error", trainer.step + 1, {"message": msg})
                 raise NonFiniteLoss(msg) from None
             step = trainer.step
