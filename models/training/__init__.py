@@ -11,6 +11,7 @@ Modules (one job each):
   udrl.py     MoCo around the DRE (paper Fig. 2, Eq. 4)
   loop.py     restoration fine-tuning (GLEAN/SRGAN-style G and D steps, EMA, AMP, accumulation)
   prior.py    a short StyleGAN2 pre-training (non-saturating loss + lazy R1) for small sizes
+  api.py      start() a run (CLI, tests, torchrun workers) and export a checkpoint's weights
 
 Nothing here is imported by inference code, so `panini restore` never pays for it.
 """
