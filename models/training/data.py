@@ -213,3 +213,19 @@ def make_loader(dataset: Dataset, batches: ResumableBatches, num_workers: int, p
                                        worker_init_fn=worker_init if num_workers else None,
                                        pin_memory=pin, persistent_workers=False,
                                        prefetch_factor=4 if num_workers else None)
+
+
+def next_batch(trainer):
+    """The trainer's next micro-batch, from a loader built lazily at `trainer.micro`.
+
+    Shared by the restore, UDRL and prior trainers: the loader starts where the
+    step counter says, so a resumed run sees exactly the batches it would have seen.
+    """
+    if trainer._it is None:
+        batches = ResumableBatches(len(trainer.data), trainer.cfg.batch_size, trainer.info.rank,
+                                   trainer.info.world_size, trainer.cfg.seed, start=trainer.micro)
+        trainer._it = iter(make_loader(trainer.data, batches, trainer.cfg.num_workers,
+                                       pin=trainer.info.device.type == "cuda"))
+    batch = next(trainer._it)
+    trainer.micro += 1
+    return batch

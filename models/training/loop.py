@@ -33,7 +33,7 @@ from ..panini import PRESETS, PaniniConfig, PaniniNet
 from ..stylegan2 import StyleGAN2Discriminator
 from ..tensors import tensor_to_bgr
 from . import dist
-from .data import FaceDataset, ResumableBatches, make_loader
+from .data import FaceDataset, next_batch
 from .losses import (PerceptualLoss, discriminator_features, feature_matching, gan_d_loss, gan_g_loss,
                      l1_loss, load_vgg16)
 from .metrics import psnr, ssim
@@ -201,14 +201,7 @@ class RestoreTrainer:
 
     # ---------------------------------------------------------------- data
     def _next_batch(self):
-        if self._it is None:
-            batches = ResumableBatches(len(self.data), self.cfg.batch_size, self.info.rank,
-                                       self.info.world_size, self.cfg.seed, start=self.micro)
-            self._it = iter(make_loader(self.data, batches, self.cfg.num_workers,
-                                        pin=self.info.device.type == "cuda"))
-        batch = next(self._it)
-        self.micro += 1
-        return batch
+        return next_batch(self)
 
     def _autocast(self):
         if self.amp == "none":

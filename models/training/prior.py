@@ -22,7 +22,7 @@ from ..checkpoints import save_weights
 from ..stylegan2 import StyleGAN2Discriminator, StyleGAN2Generator
 from ..tensors import tensor_to_bgr
 from . import dist
-from .data import FaceDataset, ResumableBatches, make_loader
+from .data import FaceDataset, next_batch
 from .loop import ema_update
 from .losses import r1_penalty
 from .state import NonFiniteLoss
@@ -57,13 +57,7 @@ class PriorTrainer:
         self.val_z = torch.randn(cfg.samples, cfg.style_dim, generator=g)
 
     def _next_batch(self):
-        if self._it is None:
-            batches = ResumableBatches(len(self.data), self.cfg.batch_size, self.info.rank,
-                                       self.info.world_size, self.cfg.seed, start=self.micro)
-            self._it = iter(make_loader(self.data, batches, self.cfg.num_workers,
-                                        pin=self.info.device.type == "cuda"))
-        self.micro += 1
-        return next(self._it)
+        return next_batch(self)
 
     def _z(self, micro: int, phase: int) -> torch.Tensor:
         seed = ((self.cfg.seed * 1_000_003 + self.step) * 64 + micro * 4 + phase) * 4096 + self.info.rank

@@ -27,7 +27,7 @@ from ..degradations import DegradationRanges
 from ..dre import DegradationEncoder
 from ..panini import PRESETS, PaniniConfig
 from . import dist
-from .data import ResumableBatches, UDRLPairs, make_loader
+from .data import UDRLPairs, next_batch
 from .loop import average_buffers, trainable_bn_buffers
 from .runner import CosineSchedule
 from .state import NonFiniteLoss
@@ -151,13 +151,7 @@ class UDRLTrainer:
         self.notes.append(f"DRE of preset {cfg.preset}: {self.arch}; HQ {hq} px, LQ {lq} px")
 
     def _next_batch(self):
-        if self._it is None:
-            batches = ResumableBatches(len(self.data), self.cfg.batch_size, self.info.rank,
-                                       self.info.world_size, self.cfg.seed, start=self.micro)
-            self._it = iter(make_loader(self.data, batches, self.cfg.num_workers,
-                                        pin=self.info.device.type == "cuda"))
-        self.micro += 1
-        return next(self._it)
+        return next_batch(self)
 
     def train_step(self) -> dict:
         dev = self.info.device
