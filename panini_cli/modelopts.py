@@ -45,6 +45,20 @@ def load_restorer(model: str, device: str, precision: str):
         fail(str(e))
 
 
+def check_model(model: str, device: str, precision: str) -> None:
+    """Fail early (one line, exit 1) if the model cannot be loaded or the precision does not fit the
+    device, without putting a copy on the device (multi-worker runs load one per worker)."""
+    from panini_models import registry
+    from panini_models.checkpoints import CheckpointError
+    from panini_models.runtime import check_precision
+
+    try:
+        check_precision(device, precision)
+        registry.load_model(model, "cpu")
+    except (FileNotFoundError, CheckpointError, ValueError) as e:
+        fail(str(e))
+
+
 def default_batch_size(device: str) -> int:
     """Batching does not pay on a CPU (per-image time rises); it keeps a GPU busy."""
     return 1 if device == "cpu" else 4

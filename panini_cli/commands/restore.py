@@ -46,7 +46,7 @@ def restore(
     if len(paths) < 2:
         fail("give at least one INPUT and the OUTPUT_DIR")
     from .. import images, outputs
-    from ..modelopts import load_restorer
+    from ..modelopts import check_model, load_restorer
 
     inputs, out_dir = paths[:-1], Path(paths[-1])
     try:
@@ -67,7 +67,10 @@ def restore(
     settings = RestoreSettings(model, precision, aligned, landmarks, only_center_face, max_faces, min_face,
                                max_pixels, batch_size, workers, str(out_dir), ext, suffix, sorted(kinds), upscale,
                                [str(p) for p, _ in jobs])
-    load_restorer(model, devices[0], precision)              # fail early (one line) on a bad model or device
+    if len(devices) == 1:
+        load_restorer(model, devices[0], precision)          # fail early (one line); reused in-process
+    else:
+        check_model(model, devices[0], precision)            # workers load their own copies
     layout = outputs.Layout(out_dir, ext, suffix)
     if rank == 0:
         outputs.clear_stale_temp_files(out_dir)
