@@ -24,3 +24,22 @@ def need(path: Path) -> Path:
 def _isolated_home(tmp_path, monkeypatch):
     """Keep every test's weight cache out of the user's real cache."""
     monkeypatch.setenv("PANINI_HOME", str(tmp_path / "panini_home"))
+
+
+def write_small_model(path: Path, seed: int = 0, tweak=None) -> Path:
+    """Save a randomly initialised `small` Panini-Net as our safetensors file (weights the tests make).
+    `tweak(model)` may edit it first."""
+    import json
+
+    import torch
+
+    from panini_models.checkpoints import save_weights
+    from panini_models.panini import PRESETS, PaniniNet
+
+    torch.manual_seed(seed)
+    model = PaniniNet(PRESETS["small"])
+    if tweak is not None:
+        with torch.no_grad():
+            tweak(model)
+    save_weights(path, model.state_dict(), "panini", json.loads(model.config.to_json()))
+    return path

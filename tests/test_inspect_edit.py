@@ -8,9 +8,8 @@ import torch
 from typer.testing import CliRunner
 
 from panini_cli.app import app
+from conftest import write_small_model
 from panini_models.checkpoints import load_panini, save_weights
-from panini_models.panini import PRESETS, PaniniNet
-from panini_models.restorer import Restorer
 from panini_models.tensors import bgr_to_tensor
 
 runner = CliRunner()
@@ -18,13 +17,9 @@ runner = CliRunner()
 
 @pytest.fixture(scope="module")
 def model_file(tmp_path_factory):
-    torch.manual_seed(0)
-    model = PaniniNet(PRESETS["small"])
-    with torch.no_grad():                       # spread the mask logits so masks vary per input
-        model.masks.mlp[2].weight.mul_(30)
-    path = tmp_path_factory.mktemp("model") / "small.safetensors"
-    save_weights(path, model.state_dict(), "panini", json.loads(model.config.to_json()))
-    return path
+    # spread the mask logits so the masks vary per input
+    return write_small_model(tmp_path_factory.mktemp("model") / "small.safetensors",
+                             tweak=lambda m: m.masks.mlp[2].weight.mul_(30))
 
 
 def faces_dir(tmp_path, n=3, size=64):

@@ -5,25 +5,18 @@ import shutil
 import cv2
 import numpy as np
 import pytest
-import torch
 from typer.testing import CliRunner
 
 from panini_cli.app import app
-from panini_models.checkpoints import save_weights
-from panini_models.panini import PRESETS, PaniniNet
 
-from conftest import DATA, need
+from conftest import DATA, need, write_small_model
 
 runner = CliRunner()
 
 
 @pytest.fixture(scope="module")
 def model_file(tmp_path_factory):
-    torch.manual_seed(0)
-    model = PaniniNet(PRESETS["small"])
-    path = tmp_path_factory.mktemp("model") / "small.safetensors"
-    save_weights(path, model.state_dict(), "panini", json.loads(model.config.to_json()))
-    return path
+    return write_small_model(tmp_path_factory.mktemp("model") / "small.safetensors")
 
 
 def run(model_file, *args):

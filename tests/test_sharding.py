@@ -8,11 +8,9 @@ import sys
 import cv2
 import numpy as np
 import pytest
-import torch
 
+from conftest import write_small_model
 from panini_models import sharding
-from panini_models.checkpoints import save_weights
-from panini_models.panini import PRESETS, PaniniNet
 
 
 def test_shards_are_disjoint_and_complete():
@@ -56,9 +54,7 @@ def test_worker_failure_is_raised():
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("shard")
-    torch.manual_seed(0)
-    model = PaniniNet(PRESETS["small"])
-    save_weights(root / "m.safetensors", model.state_dict(), "panini", json.loads(model.config.to_json()))
+    write_small_model(root / "m.safetensors")
     src = root / "in"
     src.mkdir()
     rng = np.random.default_rng(0)

@@ -21,12 +21,12 @@ from panini_models.checkpoints import build, read_weights
 from panini_models.registry import load_model
 from panini_models.stylegan2 import StyleGAN2Discriminator
 from panini_models.training import metrics
-from panini_models.training.api import export_checkpoint, start
+from panini_models.training.api import start
 from panini_models.training.data import FaceDataset, ResumableBatches, list_images, split_holdout
 from panini_models.training.dist import DistInfo
 from panini_models.training.losses import (PerceptualLoss, VGG16Features, discriminator_features, load_vgg16)
 from panini_models.training.loop import LOSS_NAMES, PerSampleBatchNorm2d, RestoreTrainer
-from panini_models.training.state import (CHECKPOINT, NonFiniteLoss, load_checkpoint, load_config,
+from panini_models.training.state import (CHECKPOINT, load_checkpoint, load_config,
                                           remove_stale_temp, save_checkpoint)
 from panini_models.training.udrl import UDRLTrainer, retrieval_accuracy
 

@@ -15,13 +15,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from typer.testing import CliRunner
 
 from panini_cli import video as vid
 from panini_cli.app import app
-from panini_models.checkpoints import save_weights
-from panini_models.panini import PRESETS, PaniniNet
+from conftest import write_small_model
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 VIDEOS = SHARED / "data" / "video"
@@ -38,11 +36,7 @@ def need_clip(name: str) -> Path:
 
 @pytest.fixture(scope="module")
 def model_file(tmp_path_factory):
-    torch.manual_seed(0)
-    model = PaniniNet(PRESETS["small"])
-    path = tmp_path_factory.mktemp("model") / "small.safetensors"
-    save_weights(path, model.state_dict(), "panini", json.loads(model.config.to_json()))
-    return path
+    return write_small_model(tmp_path_factory.mktemp("model") / "small.safetensors")
 
 
 def run(*args):
