@@ -10,14 +10,16 @@ Every measurement runs in its own process (so peak RSS is its own). Prints one t
   a forked child's max RSS is the parent's until exec, so getrusage cannot tell; they
   hold a few frames of pipe and codec buffers;
 - flicker: mean absolute frame-to-frame change inside the face box (0-255 levels), of
-  the output and of the input, with landmark smoothing off and on.
+  the output and of the input, with landmark smoothing off and on, and with the vDR
+  also smoothed along the track (--smooth-vdr); beside it the mean frame-to-frame change
+  of the vDR and of theta (the DAFI5 mask mean) the model used (clips with one face).
 
 The model is the `small` preset with random weights (seed 0) unless --model is given:
 random weights restore nothing, but they turn a jittering crop into a jittering face
 just as a trained net does, which is what the flicker column compares.
 
     python benchmarks/video.py                       # keep_real_3, 2 s, batch 1
-    python benchmarks/video.py --seconds 3 --batch-size 4 --smooth 0 2 4
+    python benchmarks/video.py --seconds 3 --batch-size 4 --smooth 0 2 4 --smooth-vdr 2 5
 """
 from __future__ import annotations
 
@@ -62,13 +64,37 @@ def child_video(args) -> dict:
     detector = make_preparer(restorer.in_size, False, "68").make_detector()
     detector.detect(np.zeros((8, 8, 3), np.uint8))        # load dlib's models outside the timing
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    settings = vid.Settings(smooth=args.smooth[0], detect_every=args.detect_every)
+    settings = vid.Settings(smooth=args.smooth[0], smooth_vdr=args.smooth_vdr[0], detect_every=args.detect_every)
+    used, call = [], type(restorer).__call__
+
+    def recording(crops, **kw):                            # the vDR and theta of every face, in order
+        res = call(restorer, crops, **kw)
+        used.extend((r.vdr, r.theta) for r in res)
+        return res
     t, c = time.perf_counter(), time.process_time()
-    s = vid.restore_video(Path(args.clip), Path(args.out), settings, restorer, "bench", detector,
-                          batch_size=args.batch_size, resume=False)
+    s = vid.restore_video(Path(args.clip), Path(args.out), settings, _Calls(restorer, recording), "bench",
+                          detector, batch_size=args.batch_size, resume=False)
     wall = time.perf_counter() - t
+    steps = {}
+    if used and s["faces"] == s["frames"]:                 # one face per frame: the sequence is its track
+        steps = {"vdr_step": float(np.abs(np.diff([v for v, _ in used], axis=0)).mean()),
+                 "theta_step": float(np.abs(np.diff([t for _, t in used])).mean())}
     return {"frames": s["frames"], "faces": s["faces"], "seconds": wall, "cpu": time.process_time() - c,
-            "rss_before_mb": rss0 / 1024, "rss_peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+            "rss_before_mb": rss0 / 1024, "rss_peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            **steps}
+
+
+class _Calls:
+    """The restorer with its calls going through `call` (its attributes as they are)."""
+
+    def __init__(self, restorer, call):
+        self._restorer, self._call = restorer, call
+
+    def __getattr__(self, name):
+        return getattr(self._restorer, name)
+
+    def __call__(self, crops, **kw):
+        return self._call(crops, **kw)
 
 
 def child_model(args) -> dict:
@@ -140,6 +166,8 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=1)
     ap.add_argument("--detect-every", type=int, default=5)
     ap.add_argument("--smooth", type=float, nargs="+", default=[0.0, 2.0])
+    ap.add_argument("--smooth-vdr", type=float, nargs="+", default=[3.0],
+                    help="vDR time constants (frames) of the extra rows, with the last --smooth (0: no row)")
     ap.add_argument("--threads", type=int, default=max(1, (os.cpu_count() or 2) - 1),
                     help="torch threads for the video runs (default: cores - 1, as `panini video` on CPU; "
                          "0: torch's default); the model-alone run always uses torch's default")
@@ -167,14 +195,18 @@ def main() -> None:
     load = os.getloadavg()[0]
 
     rows, outs = [], {}
-    for s in args.smooth:
-        out = tmp / f"out_s{s:g}.mp4"
-        r = spawn("video", clip=short, out=out, model=model, smooth=s, batch_size=args.batch_size,
+    runs = [(s, 0.0) for s in args.smooth] + [(args.smooth[-1], v) for v in args.smooth_vdr if v > 0]
+    steps = {}
+    for s, v in runs:
+        name = f"smooth {s:g}" + (f", vdr {v:g}" if v else "")
+        out = tmp / f"out_s{s:g}_v{v:g}.mp4"
+        r = spawn("video", clip=short, out=out, model=model, smooth=s, smooth_vdr=v, batch_size=args.batch_size,
                   detect_every=args.detect_every, threads=args.threads)
-        outs[f"smooth {s:g}"] = out
-        rows.append((f"video, short, smooth {s:g}", r))
+        outs[name] = out
+        steps[name] = (r.get("vdr_step", float("nan")), r.get("theta_step", float("nan")))
+        rows.append((f"video, short, {name}", r))
     r_long = spawn("video", clip=long, out=tmp / "out_long.mp4", model=model, smooth=args.smooth[-1],
-                   batch_size=args.batch_size, detect_every=args.detect_every, threads=args.threads)
+                   smooth_vdr=0.0, batch_size=args.batch_size, detect_every=args.detect_every, threads=args.threads)
     rows.append((f"video, short x{args.repeat}, smooth {args.smooth[-1]:g}", r_long))
     faces = rows[0][1]["faces"]
     m = spawn("model", model=model, batch_size=args.batch_size, faces=max(1, faces), threads=0)
@@ -184,21 +216,24 @@ def main() -> None:
     print(f"\nclip {args.clip.name}: {args.seconds:g} s cut ({rows[0][1]['frames']} frames, {faces} faces), "
           f"batch {args.batch_size}, detect every {args.detect_every}, torch threads {args.threads or 'default'}, load average at start {load:.1f} "
           f"on {os.cpu_count()} cores\n")
-    print(f"{'run':34} {'frames':>6} {'faces':>6} {'s':>7} {'frames/s':>9} {'vs model':>9} "
+    print(f"{'run':42} {'frames':>6} {'faces':>6} {'s':>7} {'frames/s':>9} {'vs model':>9} "
           f"{'RSS before':>10} {'RSS peak':>9}")
     for name, r in rows:
         fps = r["frames"] / r["seconds"]
         per_face = r["faces"] / r["seconds"]
-        print(f"{name:34} {r['frames']:6d} {r['faces']:6d} {r['seconds']:7.1f} {fps:9.2f} "
+        print(f"{name:42} {r['frames']:6d} {r['faces']:6d} {r['seconds']:7.1f} {fps:9.2f} "
               f"{per_face / model_fps:8.2f}x {r['rss_before_mb']:8.0f}MB {r['rss_peak_mb']:7.0f}MB")
-    print(f"{'model alone (same crops count)':34} {'':6} {m['faces']:6d} {m['seconds']:7.1f} {model_fps:9.2f} "
+    print(f"{'model alone (same crops count)':42} {'':6} {m['faces']:6d} {m['seconds']:7.1f} {model_fps:9.2f} "
           f"{1.0:8.2f}x")
-    grow = rows[-1][1]["rss_peak_mb"] - rows[-2][1]["rss_peak_mb"]
+    grow = rows[-1][1]["rss_peak_mb"] - rows[len(args.smooth) - 1][1]["rss_peak_mb"]     # same settings, x1
     print(f"\npeak RSS, x{args.repeat} length minus x1: {grow:+.0f} MB")
-    print("\nflicker: mean |frame t - frame t-1| inside the face box (levels 0-255)")
+    print("\nflicker: mean |frame t - frame t-1| inside the face box (levels 0-255); mean |change| of the\n"
+          "vDR (per element) and of theta from frame to frame, as the model used them")
     for name, v in flick.items():
         rel = "" if name == "input" else f"   ({v / flick['input']:.2f}x the input)"
-        print(f"  {name:12} {v:6.2f}{rel}")
+        vs, ts = steps.get(name, (float("nan"), float("nan")))
+        extra = "" if name == "input" else f"   vDR {vs:.2e}  theta {ts:.2e}"
+        print(f"  {name:20} {v:6.2f}{rel:22}{extra}")
     shutil.rmtree(tmp, ignore_errors=True)
 
 

@@ -184,19 +184,28 @@ class PaniniNet(nn.Module):
 
     def forward(self, x: torch.Tensor, *, mask_bias=None, blocks: Sequence[int] | None = None,
                 zero_gan: bool = False, zero_img: bool = False, noise_mode: str = "const",
-                return_aux: bool = False):
+                return_aux: bool = False, vdr: torch.Tensor | None = None):
         """Restore x (B, 3, in, in) RGB in [-1, 1].
 
         mask_bias: added to the GAN-side mask (scalar or one per block), clamped to
         [0, 1]; the image side gets one minus it. blocks: 1-based DAFI indices
         the bias applies to (default all). zero_gan / zero_img: the paper's
-        Eq. 12 (Y_IFE) and Eq. 13 (Y_GPB) switches. Returns the image, or a
+        Eq. 12 (Y_IFE) and Eq. 13 (Y_GPB) switches. vdr: a precomputed (B, dr_dim)
+        degradation vector used instead of running the DRE on x (e.g. one smoothed
+        along a video track); only the `mfr` variant takes one (`sr` has a learned
+        constant, `catconv` no masks: both raise). Returns the image, or a
         PaniniOutput with vDR, masks, thetas and w+ when return_aux.
         """
         size = self.config.in_size
         if x.ndim != 4 or x.shape[1] != 3 or x.shape[2] != size or x.shape[3] != size:
             raise ValueError(f"input must be (B, 3, {size}, {size}), got {tuple(x.shape)}")
-        vdr = self.degradation_vector(x)
+        if vdr is None:
+            vdr = self.degradation_vector(x)
+        elif self.dre is None:
+            raise ValueError(f"the {self.config.variant} variant has no degradation encoder: "
+                             f"it cannot take a given vdr")
+        elif vdr.shape != (x.shape[0], self.config.dr_dim):
+            raise ValueError(f"vdr must be ({x.shape[0]}, {self.config.dr_dim}), got {tuple(vdr.shape)}")
         feats, feat4 = self.ife(x)
         latent = self.lce(feat4)
         mask_gan: list[torch.Tensor] = []

@@ -3,6 +3,8 @@
 This is the seam between the CLI (numpy images) and the network (tensors):
 the pipeline hands it batches of aligned crops at the model's input size and
 gets back the restored crops plus what `inspect` needs (vDR, theta_1..theta_5).
+A caller may give each crop's vDR (e.g. `panini video --smooth-vdr`, which smooths
+it along a face track); the model then skips its DRE and builds the DAFI masks from it.
 """
 from __future__ import annotations
 
@@ -42,7 +44,9 @@ class Restorer:
         self.vdr_stats = getattr(model, "vdr_stats", None)
 
     def __call__(self, crops: list[np.ndarray], *, mask_bias=None, blocks=None, zero_gan: bool = False,
-                 zero_img: bool = False) -> list[FaceResult]:
+                 zero_img: bool = False, vdr=None) -> list[FaceResult]:
+        """Restore the crops. vdr: (len(crops), dr_dim) degradation vectors to use instead of the
+        model's DRE (mfr variant only); each FaceResult.vdr is the vDR the masks came from."""
         if not crops:
             return []
         bad = [c.shape for c in crops if c.shape != (self.in_size, self.in_size, 3)]
@@ -51,8 +55,10 @@ class Restorer:
         x = bgr_to_tensor(list(crops))
         if self.device.type != "cpu":
             x = x.pin_memory()
+        if vdr is not None:
+            vdr = torch.as_tensor(np.asarray(vdr, np.float32)).to(self.device)
         out = runtime.forward(self.model, x, self.precision, mask_bias=mask_bias, blocks=blocks,
-                              zero_gan=zero_gan, zero_img=zero_img, return_aux=True)
+                              zero_gan=zero_gan, zero_img=zero_img, return_aux=True, vdr=vdr)
         images = tensor_to_bgr(out.image)
         thetas = out.thetas.float().cpu().numpy() if out.mask_gan else None
         vdr = out.vdr.float().cpu().numpy() if out.vdr is not None else None

@@ -19,7 +19,8 @@ once per frame, in order, from a single worker thread, and it returns Prepared i
 holding the frame and one FaceCrop per tracked face, so batching across frames and
 the model call are pipeline.run's own. Its state at chunk boundaries is a small JSON
 dict, so a resumed run continues the tracks and the smoothing exactly where the
-finished chunks left them.
+finished chunks left them. With a vdr_smoothing.VdrSmoother it also gives each crop
+the vDR averaged along its track (`--smooth-vdr`; the averages join that state).
 """
 from __future__ import annotations
 
@@ -194,12 +195,15 @@ class FramePreparer:
     `frames` yields (index, bgr) in order. Past the last frame it returns items whose
     rel is END (pipeline.run may ask a few times more than there are frames).
     With `boundary_every` = N, the tracking state after each frame N*j - 1 is kept in
-    `snapshots[N*j]` for the chunk writer to save.
+    `snapshots[N*j]` for the chunk writer to save (the vDR averages join it when frame
+    N*j - 1 is handed out). With `vdr` (a VdrSmoother) the crops are TrackedCrops.
     """
 
     def __init__(self, frames: Iterator[tuple[int, np.ndarray]], tracker: FaceTracker, in_size: int,
-                 smooth: float, path: Path, boundary_every: int | None = None, state: dict | None = None):
+                 smooth: float, path: Path, boundary_every: int | None = None, state: dict | None = None,
+                 vdr=None):
         self.frames, self.tracker, self.in_size, self.path = frames, tracker, in_size, Path(path)
+        self.vdr = vdr
         self.weights = gaussian_weights(smooth)
         self.k = len(self.weights) // 2
         self.boundary_every = boundary_every
@@ -210,6 +214,8 @@ class FramePreparer:
         if state:
             tracker.load(state["tracker"])
             self.hist = {int(t): {int(i): np.array(v) for i, v in h.items()} for t, h in state["hist"].items()}
+            if vdr is not None:
+                vdr.load(state.get("vdr", {}))
 
     @property
     def finished(self) -> bool:
@@ -256,6 +262,13 @@ class FramePreparer:
             lm5 = self.smoothed(tid, index) if self.k else face.landmarks5
             crop, affine = facelib.align_face(frame, replace(face, landmarks5=lm5), self.in_size)
             item.faces.append(FaceCrop(crop, affine, face.box))
+        if self.vdr is not None:
+            from .vdr_smoothing import TrackedCrop
+            ahead = {t for _, _, f in self.buffer for t in f}
+            vdrs = self.vdr.step(list(faces), [f.crop for f in item.faces], ahead)
+            item.faces = [TrackedCrop(f.crop, f.affine, f.box, vdr=v) for f, v in zip(item.faces, vdrs)]
+            if index + 1 in self.snapshots:      # its tracking part was taken when the frame was read
+                self.snapshots[index + 1]["vdr"] = self.vdr.state()
         for tid in list(self.hist):              # keep only what frames index+1.. still need
             h = self.hist[tid]
             for i in [i for i in h if i <= index - self.k]:

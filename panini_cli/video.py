@@ -59,8 +59,15 @@ class Partial:
     def record(self, c: int) -> Path:
         return self.dir / f"chunk_{c:06d}.json"
 
-    def open(self, job: dict, resume: bool) -> tuple[int, dict | None, dict | None, str | None]:
-        """Returns (finished chunks, state after the last one, end record, note)."""
+    def finished(self, c: int) -> bool:
+        return self.chunk(c).exists() and _read_json(self.record(c)) is not None
+
+    def open(self, job: dict, resume: bool,
+             keep_later: bool = False) -> tuple[int, dict | None, dict | None, str | None]:
+        """Returns (finished chunks before the first gap, state after the last of them, end record, note).
+
+        Finished chunks after the gap are deleted, unless `keep_later` (worker processes
+        finish chunks out of order, and any of them can be skipped)."""
         note = None
         if self.dir.exists():
             old = _read_json(self.dir / "job.json")
@@ -70,11 +77,12 @@ class Partial:
                 note = f"settings or input changed since the unfinished run in {self.dir}; starting over"
             else:
                 done = 0
-                while self.chunk(done).exists() and _read_json(self.record(done)) is not None:
+                while self.finished(done):
                     done += 1
-                for p in self.dir.iterdir():        # anything after the first gap, and half-written files
+                for p in self.dir.iterdir():        # after the first gap, plans, half-written files
                     m = re.match(r"chunk_(\d+)", p.name)
-                    if p.name.startswith(".") or (m and int(m[1]) >= done):
+                    if p.name.startswith((".", "plan_")) or (
+                            m and int(m[1]) >= done and not (keep_later and self.finished(int(m[1])))):
                         p.unlink()
                 end = _read_json(self.dir / "end.json")
                 if end is not None and end.get("chunks") != done:
@@ -133,7 +141,8 @@ class ChunkWriter:
                     raise self.error or VideoError("video writer stopped")
 
     def _tmp(self) -> Path:
-        return self.partial.dir / f".{self.partial.chunk(self.chunk).name}.tmp{self.partial.ext}"
+        # per process: a worker orphaned by a killed run may still be writing when the rerun starts
+        return self.partial.dir / f".{self.partial.chunk(self.chunk).name}.tmp{os.getpid()}{self.partial.ext}"
 
     def _open(self) -> None:
         import imageio_ffmpeg
@@ -271,6 +280,7 @@ class Settings:
     start: float = 0.0
     duration: float | None = None
     smooth: float = 2.0
+    smooth_vdr: float = 0.0          # vdr_smoothing: EMA time constant in frames, 0 = off
     detect_every: int = 5
     chunk_frames: int = 250
     landmarks: str = "68"
@@ -280,15 +290,14 @@ class Settings:
 
 
 def restore_video(src: Path, out: Path, settings: Settings, restorer, model_id: str, detector,
-                  batch_size: int = 1, resume: bool = True, events=None) -> dict:
+                  batch_size: int = 1, resume: bool = True, events=None, workers=None) -> dict:
     """Restore every frame of `src` into `out`. `events(kind, **data)` hears: note, start, frame.
 
-    Raises VideoError; on a damaged input the frames that could be decoded are written
-    (summary["error"] says what happened). Interrupted runs leave their finished chunks.
+    `workers` (video_workers.Workers) spreads the chunks over one process per device;
+    `restorer` is then unused. Raises VideoError; on a damaged input the frames that could
+    be decoded are written (summary["error"] says what happened). Interrupted runs leave
+    their finished chunks.
     """
-    from . import pipeline
-    from .tracking import END, FaceTracker, FramePreparer
-
     events = events or (lambda kind, **data: None)
     s = settings
     info = probe(src)
@@ -301,70 +310,99 @@ def restore_video(src: Path, out: Path, settings: Settings, restorer, model_id: 
            "input_mtime_ns": Path(src).stat().st_mtime_ns, "model": model_id,
            "settings": json.loads(json.dumps(asdict(s)))}
     partial = Partial(out)
-    done, state, end, note = partial.open(job, resume)
+    done, state, end, note = partial.open(job, resume, keep_later=workers is not None)
     if note:
         events("note", text=note)
     skip = partial.frames_done(done) if done else 0
-    if done:
-        events("note", text=f"resuming: {done} finished chunk(s), {skip} frames, kept from the last run")
+    resumed = done
     error = end.get("error") if end else None
     if end is None:
-        reader = None
-        try:
-            reader = FrameReader(info, s.start, s.duration, skip=skip)
-            size = reader.size
-            s.encoding.check(partial.dir, out.suffix, size, info)
-        except VideoError:
-            if reader is not None:
-                reader.close()
-            if not done:
-                shutil.rmtree(partial.dir, ignore_errors=True)
-            raise
-        tracker = FaceTracker(detector, s.landmarks, s.detect_every, max(2, s.detect_every), s.min_face, s.max_faces)
-        frames = iter(reader)
-        preparer = FramePreparer(frames, tracker, restorer.in_size, s.smooth, src, s.chunk_frames, state)
-        writer = ChunkWriter(partial, info, size, s.encoding, s.chunk_frames, done, restorer.in_size,
-                             preparer.snapshots, on_frame=lambda n: events("frame", faces=n))
-        events("start", total=expected, done=skip)
-
-        def jobs():
-            while not preparer.finished:
-                yield src, Path("frame")
-        items = pipeline.run(jobs(), preparer, restorer, [{}], batch_size=batch_size, workers=1,
-                             prefetch=max(4, batch_size + 2))
-        try:
-            for item in items:
-                if item.rel != Path(END):
-                    writer.put(item)
-            writer.finish()
-        except BaseException:
-            reader.close()           # first, so the preparer thread stops waiting for frames
-            items.close()
-            writer.abort()
-            raise
-        reader.close()
-        total = reader.count
-        if total == 0:
-            shutil.rmtree(partial.dir, ignore_errors=True)
-            raise VideoError(f"{src}: no frames decoded{': ' + reader.error if reader.error else ''}"
-                             f"{' (is --start past the end?)' if s.start and not reader.error else ''}")
-        if total < skip:
-            raise VideoError(f"{src}: now decodes to {total} frames, fewer than the {skip} already restored "
-                             f"in {partial.dir}; rerun with --restart")
-        if reader.error and (expected is None or total < expected):
-            error = f"damaged or truncated input: decoded {total} of {expected or '?'} frames ({reader.error})"
-        elif expected is not None and not info.vfr and total < expected - 2:
-            error = f"decoded only {total} of {expected} frames (damaged or truncated input?)"
-        _write_json(partial.dir / "end.json", {"frames": total, "chunks": writer.chunk, "error": error})
-        chunks = writer.chunk
+        if workers is None:
+            if done:
+                events("note", text=f"resuming: {done} finished chunk(s), {skip} frames, kept from the last run")
+            total, decode_error, chunks = _restore_chunks(src, partial, info, s, restorer, detector, batch_size,
+                                                          done, state, skip, expected, events)
+        else:
+            from .video_workers import restore_chunks
+            total, decode_error, chunks, resumed = restore_chunks(src, partial, info, s, workers, detector,
+                                                                  done, state, skip, expected, events)
+        error = _decode_outcome(src, partial, s, info, expected, skip, total, decode_error)
+        _write_json(partial.dir / "end.json", {"frames": total, "chunks": chunks, "error": error})
     else:
         total, chunks = end["frames"], end["chunks"]
+        if done:
+            events("note", text=f"resuming: {done} finished chunk(s), {skip} frames, kept from the last run")
         events("start", total=total, done=total)
     warnings = assemble(partial, chunks, info, s.start, s.duration, total)
     for w in warnings:
         events("note", text=w)
     faces = sum(_read_json(partial.record(c))["faces"] for c in range(chunks))
     shutil.rmtree(partial.dir, ignore_errors=True)
-    return {"input": str(src), "output": str(out), "frames": total, "faces": faces, "resumed_chunks": done,
+    return {"input": str(src), "output": str(out), "frames": total, "faces": faces, "resumed_chunks": resumed,
             "fps": float(info.fps), "vfr": info.vfr, "audio_streams": len(info.audio), "warnings": warnings,
             "error": error}
+
+
+def open_reader(src: Path, partial: Partial, info: VideoInfo, s: Settings, skip: int, done: int) -> FrameReader:
+    """The frame reader from frame `skip`, after checking the encoder takes its frame size; a
+    failure removes a partial folder that holds no finished chunk."""
+    reader = None
+    try:
+        reader = FrameReader(info, s.start, s.duration, skip=skip)
+        s.encoding.check(partial.dir, partial.ext, reader.size, info)
+    except VideoError:
+        if reader is not None:
+            reader.close()
+        if not done:
+            shutil.rmtree(partial.dir, ignore_errors=True)
+        raise
+    return reader
+
+
+def _restore_chunks(src, partial, info, s, restorer, detector, batch_size, done, state, skip, expected, events):
+    """This process decodes, tracks, restores and encodes; returns (frames, decode error, chunks)."""
+    from . import pipeline
+    from .tracking import END, FaceTracker, FramePreparer
+    from .vdr_smoothing import paired, smoother_for
+
+    reader = open_reader(src, partial, info, s, skip, done)
+    tracker = FaceTracker(detector, s.landmarks, s.detect_every, max(2, s.detect_every), s.min_face, s.max_faces)
+    preparer = FramePreparer(iter(reader), tracker, restorer.in_size, s.smooth, src, s.chunk_frames, state,
+                             smoother_for(restorer.model, s.smooth_vdr, restorer.device))
+    writer = ChunkWriter(partial, info, reader.size, s.encoding, s.chunk_frames, done, restorer.in_size,
+                         preparer.snapshots, on_frame=lambda n: events("frame", faces=n))
+    events("start", total=expected, done=skip)
+
+    def jobs():
+        while not preparer.finished:
+            yield src, Path("frame")
+    items = pipeline.run(jobs(), *paired(preparer, restorer), [{}], batch_size=batch_size, workers=1,
+                         prefetch=max(4, batch_size + 2))
+    try:
+        for item in items:
+            if item.rel != Path(END):
+                writer.put(item)
+        writer.finish()
+    except BaseException:
+        reader.close()           # first, so the preparer thread stops waiting for frames
+        items.close()
+        writer.abort()
+        raise
+    reader.close()
+    return reader.count, reader.error, writer.chunk
+
+
+def _decode_outcome(src, partial, s, info, expected, skip, total, decode_error) -> str | None:
+    """Raise when nothing (or less than before) was decoded; else the damage to report, if any."""
+    if total == 0:
+        shutil.rmtree(partial.dir, ignore_errors=True)
+        raise VideoError(f"{src}: no frames decoded{': ' + decode_error if decode_error else ''}"
+                         f"{' (is --start past the end?)' if s.start and not decode_error else ''}")
+    if total < skip:
+        raise VideoError(f"{src}: now decodes to {total} frames, fewer than the {skip} already restored "
+                         f"in {partial.dir}; rerun with --restart")
+    if decode_error and (expected is None or total < expected):
+        return f"damaged or truncated input: decoded {total} of {expected or '?'} frames ({decode_error})"
+    if expected is not None and not info.vfr and total < expected - 2:
+        return f"decoded only {total} of {expected} frames (damaged or truncated input?)"
+    return None

@@ -70,6 +70,27 @@ def test_zero_bias_is_exactly_the_plain_forward():
         assert torch.equal(model(x), model(x, mask_bias=[0.0] * 5, blocks=[1, 3]))
 
 
+def test_given_vdr_is_used_instead_of_the_dre():
+    """forward(x, vdr=degradation_vector(x)) is exactly forward(x); another vDR changes the masks
+    (and only through them); sr and catconv refuse one."""
+    model, x = tiny(), inputs()
+    with torch.inference_mode():
+        plain = model(x, return_aux=True)
+        given = model(x, vdr=model.degradation_vector(x), return_aux=True)
+        assert torch.equal(plain.image, given.image) and torch.equal(plain.vdr, given.vdr)
+        for a, b in zip(plain.mask_gan, given.mask_gan):
+            assert torch.equal(a, b)
+        swapped = model(x, vdr=plain.vdr.flip(0), return_aux=True)    # each face gets the other's vDR
+        assert torch.equal(swapped.vdr, plain.vdr.flip(0)) and torch.equal(swapped.latent, plain.latent)
+        assert not torch.equal(swapped.mask_gan[4], plain.mask_gan[4])
+        assert not torch.equal(swapped.image, plain.image)
+        with pytest.raises(ValueError, match=r"vdr must be \(2, 32\)"):
+            model(x, vdr=plain.vdr[:1])
+        for variant in ("sr", "catconv"):
+            with pytest.raises(ValueError, match="cannot take a given vdr"):
+                tiny(variant)(x, vdr=plain.vdr)
+
+
 def test_bias_moves_output_monotonically_towards_the_bias_one_output():
     model, x = tiny(), inputs(1)
     with torch.inference_mode():

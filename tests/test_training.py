@@ -223,6 +223,40 @@ def test_resume_after_sigterm_reproduces_the_uninterrupted_losses(tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_stop_at_ends_a_stage_and_resume_runs_the_next_with_new_settings(tmp_path):
+    data = faces(tmp_path / "hq", 6)
+    run = tmp_path / "run"
+    sets = sum((["--set", s] for s in TINY + ["total_steps=4", "batch_size=1", "num_workers=0"]), [])
+    res = _run_cli(["train", "restore", data, "--out", run, *sets, "--set", "stop_at=2"])
+    assert res.exit_code == 0 and "stop_at" in res.output, res.output
+    assert load_checkpoint(run / CHECKPOINT)["step"] == 2 and not (run / "final.safetensors").exists()
+    res = _run_cli(["train", "restore", data, "--out", run, "--resume"])          # still stage 1: no step
+    assert res.exit_code == 0 and load_checkpoint(run / CHECKPOINT)["step"] == 2, res.output
+    res = _run_cli(["train", "restore", data, "--out", run, "--resume", "--set", "stop_at=0",
+                    "--set", "degradation.r=[10,40]"])
+    assert res.exit_code == 0, res.output
+    assert sorted(train_records(run)) == [1, 2, 3, 4] and (run / "final.safetensors").exists()
+    saved = json.loads((run / "config.json").read_text())["config"]
+    assert saved["degradation"] == {"r": [10, 40]} and saved["stop_at"] == 0
+
+
+def test_init_starts_from_a_whole_model_and_refuses_a_prior_beside_it(tmp_path):
+    data = faces(tmp_path / "hq", 4)
+    sets = sum((["--set", s] for s in TINY + ["total_steps=1", "batch_size=1"]), [])
+    assert _run_cli(["train", "restore", data, "--out", tmp_path / "a", *sets]).exit_code == 0
+    first = tmp_path / "a" / "final.safetensors"
+    cfg = restore_cfg("total_steps=1", "batch_size=1")
+    trainer = RestoreTrainer(cfg, list_images(data), [], DistInfo(), init=first)
+    want = read_weights(first)[2]
+    got = trainer.G.state_dict()
+    assert all(torch.equal(got[k], want[k]) for k in want if not k.endswith("num_batches_tracked"))
+    assert not any("no --dre" in n or "no --prior" in n for n in trainer.notes)
+    with pytest.raises(ValueError, match="drop --prior"):
+        RestoreTrainer(cfg, list_images(data), [], DistInfo(), init=first, prior=first)
+    res = _run_cli(["train", "restore", data, "--out", tmp_path / "b", *sets, "--init", first])
+    assert res.exit_code == 0 and "initialised from final.safetensors" in res.output, res.output
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -21,7 +21,7 @@ EXPORT_NAMES = {"restore": "final.safetensors", "dre": "dre.safetensors", "prior
 
 
 def start(cfg, data_dir, run_dir, *, resume: bool = False, prior=None, dre=None, vgg=None, pairs=None,
-          val_dir=None, console: Console | None = None) -> dict:
+          val_dir=None, init=None, console: Console | None = None) -> dict:
     """Train (or continue) one run. -> {"status", "step", "export"?, "notes"}.
 
     Raises NonFiniteLoss if a loss goes NaN/inf (RUN_DIR/checkpoint.pt is kept as it was)."""
@@ -50,7 +50,7 @@ def start(cfg, data_dir, run_dir, *, resume: bool = False, prior=None, dre=None,
             train_files, val_files = files, list_images(val_dir)
         else:
             train_files, val_files = split_holdout(files, cfg.val_count, cfg.seed)
-        trainer = _make(cfg, train_files, val_files, info, notes, prior=prior, dre=dre, vgg=vgg,
+        trainer = _make(cfg, train_files, val_files, info, notes, prior=prior, dre=dre, vgg=vgg, init=init,
                         pairs=pairs, data_dir=data_dir)
         logger = RunLogger(run_dir, info.is_main, cfg.tensorboard, console)
         notes.append(f"tensorboard: {logger.tb_note}")
@@ -59,7 +59,7 @@ def start(cfg, data_dir, run_dir, *, resume: bool = False, prior=None, dre=None,
                 "data_dir": str(Path(data_dir).resolve()), "train_images": len(train_files),
                 "val_images": [str(p) for p in val_files], "world_size": info.world_size,
                 "device": str(info.device), "resume": resume,
-                "sources": {"prior": _s(prior), "dre": _s(dre), "vgg": _s(vgg), "pairs": _s(pairs),
+                "sources": {"prior": _s(prior), "dre": _s(dre), "vgg": _s(vgg), "pairs": _s(pairs), "init": _s(init),
                             "val_dir": _s(val_dir)}})
         logger.print(f"panini train {cfg.command}: {len(train_files)} training images, {len(val_files)} for "
                      f"validation, {info.world_size} process(es) on {info.device}, run folder {run_dir}")
@@ -82,15 +82,15 @@ def _s(path) -> str | None:
     return None if path is None else str(Path(path).resolve())
 
 
-def _make(cfg, train_files, val_files, info, notes, *, prior, dre, vgg, pairs, data_dir):
+def _make(cfg, train_files, val_files, info, notes, *, prior, dre, vgg, pairs, data_dir, init=None):
     if cfg.command == "restore":
         from .loop import RestoreTrainer
         if pairs and cfg.lq == "auto":
             cfg.lq = "pairs"
-        return RestoreTrainer(cfg, train_files, val_files, info, prior=prior, dre=dre, vgg=vgg,
+        return RestoreTrainer(cfg, train_files, val_files, info, prior=prior, dre=dre, vgg=vgg, init=init,
                               pairs_dir=pairs, data_root=data_dir, notes=notes)
-    if prior or dre or vgg or pairs:
-        raise ValueError(f"--prior/--dre/--vgg/--pairs do not apply to `panini train {cfg.command}`")
+    if prior or dre or vgg or pairs or init:
+        raise ValueError(f"--prior/--dre/--vgg/--pairs/--init do not apply to `panini train {cfg.command}`")
     if cfg.command == "dre":
         from .udrl import UDRLTrainer
         return UDRLTrainer(cfg, train_files, val_files, info, notes)

@@ -102,12 +102,20 @@ def _read_any(path) -> tuple[str, dict, dict]:
     return imported.kind, imported.config, imported.state_dict
 
 
-def resolve_model(cfg, prior=None, dre=None, notes: list[str] | None = None):
-    """PaniniConfig from the task preset, cfg.model overrides, and the prior/DRE files'
-    architectures. -> (PaniniConfig, prior (kind, config, state) or None, dre ... or None)."""
+def resolve_model(cfg, prior=None, dre=None, notes: list[str] | None = None, init_config: dict | None = None):
+    """PaniniConfig from the task preset (or the --init model's config), cfg.model overrides,
+    and the prior/DRE files' architectures.
+    -> (PaniniConfig, prior (kind, config, state) or None, dre ... or None)."""
     notes = notes if notes is not None else []
     if cfg.task not in TASK_LQ:
         raise ValueError(f"task must be one of {', '.join(TASK_LQ)}, got {cfg.task!r}")
+    if init_config is not None:
+        base = dataclasses.asdict(PaniniConfig.from_dict(init_config))
+        norm = lambda v: list(v) if isinstance(v, (list, tuple)) else v      # noqa: E731 (JSON lists)
+        clash = {k: (v, base.get(k)) for k, v in cfg.model.items() if norm(base.get(k)) != norm(v)}
+        if clash:
+            raise ValueError(f"model overrides contradict the --init model's architecture: {clash}")
+        return PaniniConfig.from_dict(base), None, None
     fields = {**dataclasses.asdict(PRESETS[cfg.task]), **cfg.model}
     prior_w = dre_w = None
     if prior:
@@ -138,16 +146,32 @@ def resolve_model(cfg, prior=None, dre=None, notes: list[str] | None = None):
 
 class RestoreTrainer:
     def __init__(self, cfg, train_files, val_files, info: dist.DistInfo, *, prior=None, dre=None,
-                 vgg=None, pairs_dir=None, data_root=None, notes: list[str] | None = None):
+                 vgg=None, pairs_dir=None, data_root=None, notes: list[str] | None = None, init=None):
         self.cfg, self.info, self.step, self.micro = cfg, info, 0, 0
         self.notes = notes if notes is not None else []
         dev = info.device
-        self.model_config, prior_w, dre_w = resolve_model(cfg, prior, dre, self.notes)
+        init_w = None
+        if init:
+            if prior or dre:
+                raise ValueError("--init holds a whole Panini-Net (its StyleGAN2 and DRE included): "
+                                 "drop --prior and --dre")
+            if not Path(init).exists():                  # a registry name: default, mfr, ...
+                from ..registry import resolve
+                init = resolve(str(init))[0]
+            init_w = _read_any(init)
+            if init_w[0] != "panini":
+                raise ValueError(f"{init}: holds a {init_w[0]} model; --init needs a Panini-Net file")
+        self.model_config, prior_w, dre_w = resolve_model(cfg, prior, dre, self.notes,
+                                                          init_w[1] if init_w else None)
         mc = self.model_config
         torch.manual_seed(cfg.seed)
         self.G = PaniniNet(mc)
         self.D = StyleGAN2Discriminator(mc.out_size, mc.channel_base, mc.channel_max, cfg.d_mbstd_group)
-        if prior_w:
+        if init_w:
+            self.G.load_state_dict(init_w[2])          # strict; float16 files are cast to float32
+            self.notes.append(f"generator (StyleGAN2, IFE, latent encoder, DRE, masks) initialised from "
+                              f"{Path(init).name}; the discriminator starts from random weights")
+        elif prior_w:
             st = prior_w[2]
             self.G.stylegan.load_state_dict({k[10:]: v for k, v in st.items() if k.startswith("generator.")})
             dsd = {k[14:]: v for k, v in st.items() if k.startswith("discriminator.")}
@@ -161,7 +185,7 @@ class RestoreTrainer:
         if self.G.dre is not None:
             if dre_w:
                 self.G.dre.load_state_dict(dre_w[2])
-            else:
+            elif not init_w:
                 self.notes.append("no --dre: the DRE is random and frozen (train one with `panini train dre`)")
             self.G.dre.requires_grad_(False)
         self.G.ife.cbam.spatial_bn = PerSampleBatchNorm2d.replace(self.G.ife.cbam.spatial_bn)

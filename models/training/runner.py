@@ -164,6 +164,11 @@ def run(trainer, run_dir, cfg, info: dist.DistInfo, logger: RunLogger, resume: b
     status = "done"
     with StopSignals(logger) as stop:
         while trainer.step < cfg.total_steps:
+            if cfg.stop_at and trainer.step >= cfg.stop_at:       # end of a stage (before any extra step)
+                if saved_step != trainer.step:
+                    save("stop_at")
+                status = "stopped (stop_at)"
+                break
             t0 = time.perf_counter()
             try:
                 values = trainer.train_step()

@@ -48,6 +48,8 @@ class BaseConfig:
     threads: int = 0                   # torch intra-op threads (0: torch's default)
     tensorboard: bool = True           # only if torch.utils.tensorboard imports
     degradation: dict = field(default_factory=dict)   # DegradationRanges overrides, e.g. {"r": [10, 50]}
+    stop_at: int = 0                   # checkpoint and stop at this step (0: run to total_steps); for
+                                       # stages: --resume with other settings and --set stop_at=0
 
     @property
     def command(self) -> str:

@@ -63,6 +63,10 @@ def _run(cfg, data_dir: Path, out: Path, resume: bool, **sources) -> None:
         fail(str(e), EXIT_NONFINITE)
     except (ValueError, OSError, CheckpointError) as e:
         fail(str(e))
+    if result["status"] == "stopped (stop_at)":
+        console.print(f"stopped at step {result['step']} (stop_at); continue with --resume and --set stop_at=0 "
+                      "(plus any settings the next stage changes)")
+        return
     if result["status"] != "done":
         console.print(f"{result['status']} at step {result['step']}; continue with the same command and --resume")
         raise typer.Exit(EXIT_SIGNAL.get(result["status"].split("(")[-1].rstrip(")"), 1))
@@ -118,12 +122,14 @@ def restore(data_dir: Path = DataArg, out: Path = OutOpt, config: Optional[Path]
                                                                       "relative path (instead of on-the-fly LQ)."),
             val_dir: Optional[Path] = typer.Option(None, "--val-dir", help="HQ validation faces (default: hold "
                                                                           "out val_count faces of DATA_DIR)."),
+            init: Optional[Path] = typer.Option(None, "--init", help="Start from this Panini-Net (ours or an "
+                                                                     "official file): fine-tune it on DATA_DIR."),
             ) -> None:
     """Fine-tune Panini-Net (frozen DRE, StyleGAN2 prior + discriminator) -> OUT/final.safetensors."""
     cfg = _config("restore", out, config, resume,
                   {**_common(steps, batch_size, device, workers, seed),
                    "task": task}, sets)
-    _run(cfg, data_dir, out, resume, prior=prior, dre=dre_file, vgg=vgg, pairs=pairs, val_dir=val_dir)
+    _run(cfg, data_dir, out, resume, prior=prior, dre=dre_file, vgg=vgg, pairs=pairs, val_dir=val_dir, init=init)
 
 
 @app.command("prior")

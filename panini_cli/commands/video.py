@@ -37,6 +37,9 @@ def video(
     pix_fmt: str = typer.Option("yuv420p", "--pix-fmt", help="Output pixel format (yuv420p plays everywhere)."),
     smooth: float = typer.Option(2.0, "--smooth", help="Landmark smoothing along each face track: Gaussian sigma "
                                                        "in frames, centred (no lag); 0 = off."),
+    smooth_vdr: float = typer.Option(0.0, "--smooth-vdr", help="Smooth each face's degradation vector (vDR, which "
+                                                               "sets the DAFI masks) along its track: moving-average "
+                                                               "time constant in frames (causal); 0 = off."),
     detect_every: int = typer.Option(5, "--detect-every", help="Search the whole frame for new faces every N frames "
                                                                "(known faces are tracked every frame)."),
     chunk_frames: int = typer.Option(250, "--chunk-frames", help="Frames per chunk; an interrupted run resumes "
@@ -53,12 +56,15 @@ def video(
     batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b", help="Faces per forward, across frames "
                                                                               "(default: 1 on CPU, 4 on GPU)."),
     precision: str = typer.Option("fp32", "--precision", help="fp32 (exact), bf16, fp16 (CUDA only)."),
+    gpus: Optional[str] = typer.Option(None, "--gpus", help="0,1 or all: one worker process per GPU, each taking "
+                                                            "the next chunk; the same frames as one device."),
+    cpu_workers: int = typer.Option(1, "--cpu-workers", help="Worker processes on the CPU (many-core servers)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or notes."),
     json_summary: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
 ) -> None:
     """Restore the faces in a video: streamed (flat memory), audio kept, faces tracked and steadied."""
     from .. import video as vid
-    from ..modelopts import resolve_device
+    from .restore import resolve_devices
 
     src = input
     if not src.is_file():
@@ -80,12 +86,12 @@ def video(
             raise OSError("permission denied")
     except OSError as e:
         fail(f"{out.parent}: output folder is not writable ({getattr(e, 'strerror', None) or e})")
-    if detect_every < 1 or chunk_frames < 1 or smooth < 0:
-        fail("--detect-every and --chunk-frames must be >= 1, --smooth >= 0")
+    if detect_every < 1 or chunk_frames < 1 or smooth < 0 or smooth_vdr < 0:
+        fail("--detect-every and --chunk-frames must be >= 1, --smooth and --smooth-vdr >= 0")
     try:
         settings = vid.Settings(start=vid.parse_time(start) or 0.0, duration=vid.parse_time(duration),
-                                smooth=smooth, detect_every=detect_every, chunk_frames=chunk_frames,
-                                landmarks=landmarks, min_face=min_face, max_faces=max_faces,
+                                smooth=smooth, smooth_vdr=smooth_vdr, detect_every=detect_every,
+                                chunk_frames=chunk_frames, landmarks=landmarks, min_face=min_face, max_faces=max_faces,
                                 encoding=vid.Encoding(codec, crf, preset, pix_fmt))
     except vid.VideoError as e:
         fail(str(e))
@@ -94,25 +100,41 @@ def video(
 
     import torch
 
-    dev = resolve_device(device, gpu)
+    devices = resolve_devices(device, gpu, gpus, cpu_workers)
     threads = torch.get_num_threads()
-    if dev == "cpu":
+    if devices == ["cpu"]:
         # leave a core to decoding, tracking and encoding, which run beside the model
         # (2 cores: 5.3 frames/s against 4.8 with both threads on the model)
         torch.set_num_threads(max(1, threads - 1))
     try:
-        _run(src, out, note, settings, model, dev, precision, landmarks, batch_size, resume, quiet, json_summary)
+        _run(src, out, note, settings, model, devices, precision, landmarks, batch_size, resume, quiet,
+             json_summary)
     finally:
         torch.set_num_threads(threads)          # in-process callers (tests) get theirs back
 
 
-def _run(src, out, note, settings, model, dev, precision, landmarks, batch_size, resume, quiet, json_summary):
+def _run(src, out, note, settings, model, devices, precision, landmarks, batch_size, resume, quiet, json_summary):
     from .. import video as vid
-    from ..modelopts import default_batch_size, load_restorer, make_preparer
+    from ..modelopts import check_model, default_batch_size, load_restorer, make_preparer
 
-    restorer = load_restorer(model, dev, precision)
-    detector = make_preparer(restorer.in_size, False, landmarks).make_detector()   # checks the face models load
-    bs = batch_size or default_batch_size(dev)
+    workers = None
+    if len(devices) == 1:
+        restorer = load_restorer(model, devices[0], precision)
+        in_size, variant = restorer.in_size, restorer.config.variant
+    else:                      # each worker process loads its own copy; this one only tracks
+        from panini_models import registry
+
+        from ..video_workers import Workers
+        check_model(model, devices[0], precision)
+        net = registry.load_model(model, "cpu")
+        restorer, in_size, variant = None, net.config.in_size, net.config.variant
+        workers = Workers(devices, model, precision, batch_size, in_size, net.dre)
+        del net
+    detector = make_preparer(in_size, False, landmarks).make_detector()   # checks the face models load
+    bs = batch_size or default_batch_size(devices[0])
+    if settings.smooth_vdr and variant != "mfr" and not quiet:
+        err_console.print(f"note: --smooth-vdr has no effect: the {variant} model has "
+                          f"{'a learned constant vDR' if variant == 'sr' else 'no DAFI masks'}", soft_wrap=True)
     if note and not quiet:
         err_console.print(f"note: {note}", soft_wrap=True)
 
@@ -138,7 +160,7 @@ def _run(src, out, note, settings, model, dev, precision, landmarks, batch_size,
     try:
         with progress:
             summary = vid.restore_video(src, out, settings, restorer, model_id, detector, batch_size=bs,
-                                        resume=resume, events=events)
+                                        resume=resume, events=events, workers=workers)
     except vid.VideoError as e:
         fail(str(e))
     except KeyboardInterrupt:

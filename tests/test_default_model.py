@@ -1,0 +1,81 @@
+"""The bundled default model: intact, loadable, small enough, and better than upscaling.
+
+These tests read the file the package ships (models/weights/default.safetensors); they
+fail, not skip, when it is missing, because the README's first command depends on it.
+"""
+import json
+import shutil
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from panini_cli.app import app
+from panini_models import registry, vdr_stats
+from panini_models.checkpoints import file_sha256, read_weights
+from panini_models.degradations import DegradationParams, degrade
+from panini_models.tensors import bgr_to_tensor, tensor_to_bgr
+from panini_models.training.metrics import psnr, ssim
+
+from conftest import DATA, REPO, need
+
+runner = CliRunner()
+WEIGHTS = registry.PACKAGE_WEIGHTS / "default.safetensors"
+
+
+def test_default_file_is_intact_small_and_carries_training_statistics():
+    assert WEIGHTS.is_file(), f"{WEIGHTS} is missing: the bundled default model must ship with the package"
+    assert WEIGHTS.stat().st_size <= 20 * 1024 * 1024
+    manifest = json.loads((registry.PACKAGE_WEIGHTS / "default.json").read_text())
+    assert file_sha256(WEIGHTS) == manifest["sha256"]
+    kind, cfg, state, meta = read_weights(WEIGHTS)
+    assert kind == "panini" and cfg["in_size"] == 64 and cfg["out_size"] == 128
+    stats = vdr_stats.from_metadata(meta)
+    assert stats is not None and len(stats["mean"]) == cfg["dr_dim"] and stats["threshold"] > 0
+    model = registry.load_model("default")
+    assert model.vdr_stats == stats
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+
+
+def test_default_beats_bicubic_in_ssim_on_faces_it_never_saw_at_severe_degradation():
+    """FFHQ faces (another dataset than the UTKFace training set), r = 80. Only SSIM is
+    claimed: on these faces its PSNR is still ~0.4 dB below bicubic, and at mild degradation
+    (r <= 20) it is below bicubic in both (see models/weights/MODEL_CARD.md)."""
+    files = sorted((DATA / "faces_aligned").glob("gpen_ffhq_*.png"))
+    if not files:
+        need(DATA / "faces_aligned" / "gpen_ffhq_00000.png")
+    model = registry.load_model("default")
+    params = DegradationParams(sigma=2.0, r=80.0, noise=10.0, jpeg=40)
+    ours, bicubic, ours_ssim, bicubic_ssim = [], [], [], []
+    for i, f in enumerate(files[:6]):
+        gt = cv2.resize(cv2.imread(str(f)), (128, 128), interpolation=cv2.INTER_AREA)
+        lq = degrade(gt, params, out_size=64, rng=i)
+        with torch.no_grad():
+            out = tensor_to_bgr(model(bgr_to_tensor(lq)))[0]
+        up = cv2.resize(lq, (128, 128), interpolation=cv2.INTER_CUBIC)
+        ours.append(psnr(out, gt))
+        bicubic.append(psnr(up, gt))
+        ours_ssim.append(ssim(out, gt))
+        bicubic_ssim.append(ssim(up, gt))
+    assert np.mean(ours_ssim) > np.mean(bicubic_ssim) + 0.01, (ours_ssim, bicubic_ssim)
+    assert np.mean(ours) > np.mean(bicubic) - 1.0, (ours, bicubic)      # and not far behind in PSNR
+
+
+def test_readme_first_command_restores_the_bundled_examples(tmp_path):
+    pytest.importorskip("dlib", reason="dlib (dlib-bin) is not installed")
+    examples = REPO / "examples"
+    src = tmp_path / "examples"
+    shutil.copytree(examples, src)
+    out = tmp_path / "out"
+    res = runner.invoke(app, ["restore", str(src), str(out), "-q"])
+    assert res.exit_code == 0, res.output
+    photos = sorted(p.name for p in examples.glob("*.jpg"))
+    written = sorted(p.name for p in (out / "restored_imgs").iterdir())
+    assert written == photos
+    recs = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
+    assert sum(r["faces"] for r in recs) >= len(photos)
+    for name in photos:
+        a, b = cv2.imread(str(examples / name)), cv2.imread(str(out / "restored_imgs" / name))
+        assert a.shape == b.shape and np.abs(a.astype(int) - b.astype(int)).mean() > 0.1
