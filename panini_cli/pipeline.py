@@ -30,6 +30,7 @@ class FaceCrop:
     affine: np.ndarray                # image -> crop (2x3), at crop size
     box: tuple[float, float, float, float]
     results: list = field(default_factory=list)   # one FaceResult per variant
+    vdr: np.ndarray | None = None     # a given degradation vector (video --smooth-vdr), else the DRE's
 
 
 @dataclass
@@ -147,8 +148,10 @@ def run(jobs: Iterable[tuple[Path, Path]], preparer: Preparer, restorer, variant
             batch, rest = queue[:n], queue[n:]
             queue[:] = rest
             t = time.perf_counter()
+            vdrs = [face.vdr for _, face in batch]
+            given = {} if all(v is None for v in vdrs) else {"vdr": np.stack(vdrs)}  # all or none have one
             for kwargs in variants:
-                results = restorer([face.crop for _, face in batch], **kwargs)
+                results = restorer([face.crop for _, face in batch], **given, **kwargs)
                 for (_, face), res in zip(batch, results):
                     face.results.append(res)
             share = (time.perf_counter() - t) / max(1, len(batch))

@@ -196,7 +196,7 @@ class FramePreparer:
     rel is END (pipeline.run may ask a few times more than there are frames).
     With `boundary_every` = N, the tracking state after each frame N*j - 1 is kept in
     `snapshots[N*j]` for the chunk writer to save (the vDR averages join it when frame
-    N*j - 1 is handed out). With `vdr` (a VdrSmoother) the crops are TrackedCrops.
+    N*j - 1 is handed out). With `vdr` (a VdrSmoother) each FaceCrop carries its smoothed vDR.
     """
 
     def __init__(self, frames: Iterator[tuple[int, np.ndarray]], tracker: FaceTracker, in_size: int,
@@ -263,10 +263,10 @@ class FramePreparer:
             crop, affine = facelib.align_face(frame, replace(face, landmarks5=lm5), self.in_size)
             item.faces.append(FaceCrop(crop, affine, face.box))
         if self.vdr is not None:
-            from .vdr_smoothing import TrackedCrop
             ahead = {t for _, _, f in self.buffer for t in f}
             vdrs = self.vdr.step(list(faces), [f.crop for f in item.faces], ahead)
-            item.faces = [TrackedCrop(f.crop, f.affine, f.box, vdr=v) for f, v in zip(item.faces, vdrs)]
+            for f, v in zip(item.faces, vdrs):
+                f.vdr = v
             if index + 1 in self.snapshots:      # its tracking part was taken when the frame was read
                 self.snapshots[index + 1]["vdr"] = self.vdr.state()
         for tid in list(self.hist):              # keep only what frames index+1.. still need

@@ -35,17 +35,8 @@ from __future__ import annotations
 
 import copy
 import math
-from dataclasses import dataclass
 
 import numpy as np
-
-from .pipeline import FaceCrop
-
-
-@dataclass
-class TrackedCrop(FaceCrop):
-    """A face crop with the (smoothed) vDR its restoration must use."""
-    vdr: np.ndarray | None = None
 
 
 class VdrSmoother:
@@ -94,34 +85,3 @@ def smoother_for(owner, tau: float, device="cpu") -> VdrSmoother | None:
     video_workers.Workers); None when tau is 0 or the model has no DRE."""
     dre = getattr(owner, "dre", None)
     return VdrSmoother(dre, tau, device) if tau > 0 and dre is not None else None
-
-
-def paired(preparer, restorer):
-    """(preparer, restorer) for pipeline.run: as they are, or joined by GivenVdrs when the
-    preparer gives each crop a smoothed vDR."""
-    if getattr(preparer, "vdr", None) is None:
-        return preparer, restorer
-    given = GivenVdrs(preparer, restorer)
-    return given.prepare, given.restore
-
-
-class GivenVdrs:
-    """pipeline.run hands the restorer bare crops, not FaceCrops: `prepare` wraps the frame
-    preparer and notes each TrackedCrop's vDR under its crop's identity, `restore` wraps the
-    restorer and passes those vDRs along (pipeline.run calls both for every face, in order)."""
-
-    def __init__(self, preparer, restorer):
-        self.preparer, self.restorer = preparer, restorer
-        self._vdrs: dict[int, np.ndarray] = {}
-
-    def prepare(self, path, rel):
-        item = self.preparer(path, rel)
-        for face in item.faces:
-            self._vdrs[id(face.crop)] = face.vdr
-        return item
-
-    def restore(self, crops: list[np.ndarray], **kwargs):
-        vdrs = [self._vdrs.pop(id(c), None) for c in crops]
-        if any(v is None for v in vdrs):
-            raise RuntimeError("a face crop reached the model without its smoothed vDR")
-        return self.restorer(crops, vdr=np.stack(vdrs), **kwargs)

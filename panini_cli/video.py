@@ -363,7 +363,7 @@ def _restore_chunks(src, partial, info, s, restorer, detector, batch_size, done,
     """This process decodes, tracks, restores and encodes; returns (frames, decode error, chunks)."""
     from . import pipeline
     from .tracking import END, FaceTracker, FramePreparer
-    from .vdr_smoothing import paired, smoother_for
+    from .vdr_smoothing import smoother_for
 
     reader = open_reader(src, partial, info, s, skip, done)
     tracker = FaceTracker(detector, s.landmarks, s.detect_every, max(2, s.detect_every), s.min_face, s.max_faces)
@@ -376,7 +376,7 @@ def _restore_chunks(src, partial, info, s, restorer, detector, batch_size, done,
     def jobs():
         while not preparer.finished:
             yield src, Path("frame")
-    items = pipeline.run(jobs(), *paired(preparer, restorer), [{}], batch_size=batch_size, workers=1,
+    items = pipeline.run(jobs(), preparer, restorer, [{}], batch_size=batch_size, workers=1,
                          prefetch=max(4, batch_size + 2))
     try:
         for item in items:

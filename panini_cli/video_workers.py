@@ -188,7 +188,6 @@ def chunk_worker(device: str, job: ChunkJob, chunks):
 
     from . import pipeline
     from .modelopts import default_batch_size, load_restorer
-    from .vdr_smoothing import paired
 
     if device == "cpu":           # share the cores, leaving one to decoding, planning and encoding
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // job.processes - 1))
@@ -208,10 +207,9 @@ def chunk_worker(device: str, job: ChunkJob, chunks):
                 reader = FrameReader(job.info, s.start, s.duration, skip=first)
                 frames = iter(reader)
             cut = PlannedFrames(frames, first, plan["faces"], restorer.in_size, job.src, parent)
-            prep, restore = paired(cut, restorer)
             writer = ChunkWriter(partial, job.info, reader.size, s.encoding, s.chunk_frames, c, restorer.in_size,
                                  {first + s.chunk_frames: plan["state"]})
-            items = pipeline.run(((job.src, Path("frame")) for _ in range(count)), prep, restore, [{}],
+            items = pipeline.run(((job.src, Path("frame")) for _ in range(count)), cut, restorer, [{}],
                                  batch_size=bs, workers=1, prefetch=max(4, bs + 2))
             try:
                 for item in items:
@@ -258,11 +256,9 @@ class PlannedFrames:
     def __init__(self, frames, first: int, faces: list, in_size: int, path: Path, parent: int):
         self.frames, self.first, self.faces, self.in_size, self.path = frames, first, faces, in_size, path
         self.next, self.parent = first, parent
-        self.vdr = True if any(len(f) == 3 for frame in faces for f in frame) else None   # --smooth-vdr
 
     def __call__(self, path, rel):
-        from .pipeline import Prepared
-        from .vdr_smoothing import TrackedCrop
+        from .pipeline import FaceCrop, Prepared
 
         _check_parent(self.parent)
         for index, frame in self.frames:     # frames of chunks done elsewhere are dropped
@@ -275,8 +271,8 @@ class PlannedFrames:
         item = Prepared(self.path, Path(str(index)), bgr8=frame)
         for box, affine, *vdr in self.faces[index - self.first]:
             a = np.array(affine, np.float64)
-            item.faces.append(TrackedCrop(cut_crop(frame, a, self.in_size), a, tuple(box),
-                                          vdr=np.array(vdr[0], np.float32) if vdr else None))
+            item.faces.append(FaceCrop(cut_crop(frame, a, self.in_size), a, tuple(box),
+                                       vdr=np.array(vdr[0], np.float32) if vdr else None))
         self.next += 1
         return item
 

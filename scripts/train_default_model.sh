@@ -55,14 +55,10 @@ R="$RUNS/restore"
 COMMON=(train restore "$DATA/split/train" --task small --dre "$RUNS/dre/dre.safetensors" --val-dir "$DATA/split/val"
         --steps 900 --batch-size 8 --workers 1 --set lr_g=4e-4 --set lr_d=2e-4 --set log_every=10
         --set val_every=200 --set ckpt_every=50)
-if [ ! -f "$R/checkpoint.pt" ]; then
-    panini "${COMMON[@]}" --out "$R" --set stop_at=589
-fi
 if [ ! -f "$R/final.safetensors" ]; then
-    step=$(python -c "import json,sys; print(json.load(open(sys.argv[1]))['config'].get('stop_at', 0))" "$R/config.json")
-    if [ "$step" = "589" ]; then   # still in stage 1 (interrupted before 589): finish it
-        panini "${COMMON[@]}" --out "$R" --resume --set stop_at=589
-    fi
+    resume=(); [ -f "$R/checkpoint.pt" ] && resume=(--resume)
+    # stage 1; a no-op when the checkpoint is already at or past step 589
+    panini "${COMMON[@]}" --out "$R" "${resume[@]}" --set stop_at=589
     panini "${COMMON[@]}" --out "$R" --resume --set stop_at=0 --set 'degradation.sigma=[0.2,4]' \
         --set 'degradation.r=[10,40]' --set 'degradation.noise=[0,15]' --set 'degradation.jpeg=[20,60]'
 fi

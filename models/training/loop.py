@@ -87,7 +87,9 @@ def average_buffers(buffers: list[torch.Tensor], info: dist.DistInfo) -> None:
 
 
 @torch.no_grad()
-def ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
+def ema_update(ema: nn.Module, model: nn.Module, decay: float, step: int) -> None:
+    """EMA of the weights (buffers copied); early steps use a smaller decay, (1+step)/(10+step)."""
+    decay = min(decay, (1 + step) / (10 + step))
     for pe, p in zip(ema.parameters(), model.parameters()):
         pe.lerp_(p.detach(), 1.0 - decay)
     for be, b in zip(ema.buffers(), model.buffers()):
@@ -290,7 +292,7 @@ class RestoreTrainer:
         self.sched.step()
         average_buffers(trainable_bn_buffers(self.G), self.info)
         self.step += 1
-        ema_update(self.ema, self.G, min(cfg.ema_decay, (1 + self.step) / (10 + self.step)))
+        ema_update(self.ema, self.G, cfg.ema_decay, self.step)
         values["data_time"] = data_time
         return values
 

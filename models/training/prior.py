@@ -107,7 +107,7 @@ class PriorTrainer:
         self.opt_d.step()
         self.opt_g.step()
         self.step += 1
-        ema_update(self.ema, self.G, min(self.ema_beta, (1 + self.step) / (10 + self.step)))
+        ema_update(self.ema, self.G, self.ema_beta, self.step)
         values["data_time"] = data_time
         return values
 
