@@ -7,6 +7,11 @@ model), else random.
 
     python benchmarks/forward.py                       # mfr + sr, batch 1, fp32 ref/fast + bf16
     python benchmarks/forward.py --variants mfr --batches 1 4 --repeats 3
+    python benchmarks/forward.py --variants mfr --configs fast:fp32:tuned --profile
+
+A config is mode:precision[:tuned]; `tuned` runs the worker with the glibc malloc
+settings the `panini` CLI applies (panini_cli/malloc.py), otherwise glibc's defaults.
+--profile adds a table of the top ops by share of self CPU time (last config).
 """
 from __future__ import annotations
 
@@ -20,13 +25,14 @@ import tempfile
 import time
 from pathlib import Path
 
+from panini_cli.malloc import TUNED   # no torch import
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("PANINI_SHARED", REPO.parent / "shared"))
 OFFICIAL_SECONDS = {"mfr": 16.0, "sr": 16.2}      # ../shared/reference/README.md, batch 1, fp32, 2 threads
 
 
 def build(variant: str):
-    import numpy as np
     import torch
 
     from panini_models import checkpoints, recipe
@@ -84,7 +90,23 @@ def worker(args) -> None:
     else:
         diff = float(np.abs(out.numpy() - np.load(ref)).max()) if ref.exists() else float("nan")
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024          # MiB
-    print(json.dumps({"times": times, "peak_mib": peak, "flops": flops, "diff": diff, "weights": weights}))
+    ops = profile(model, x, args.precision) if args.profile else []
+    print(json.dumps({"times": times, "peak_mib": peak, "flops": flops, "diff": diff, "weights": weights,
+                      "ops": ops}))
+
+
+def profile(model, x, precision: str, top: int = 15) -> list:
+    """Top ops of one forward by self CPU time: [name, share, ms, calls]."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    from panini_models import runtime
+    with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
+        runtime.forward(model, x, precision)
+    events = [e for e in prof.key_averages() if e.self_cpu_time_total > 0]
+    total = sum(e.self_cpu_time_total for e in events)
+    events.sort(key=lambda e: -e.self_cpu_time_total)
+    return [[e.key, e.self_cpu_time_total / total, e.self_cpu_time_total / 1e3, e.count] for e in events[:top]]
 
 
 def matmul_rates(threads: int) -> dict[str, float]:
@@ -112,9 +134,12 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--variants", nargs="+", default=["mfr", "sr"])
     p.add_argument("--batches", nargs="+", type=int, default=[1])
-    p.add_argument("--configs", nargs="+", default=["official:fp32", "ref:fp32", "fast:fp32", "fast:bf16"],
-                   help="mode:precision; mode official (the official op structure: native FIR, grouped "
-                        "modconv, NCHW), ref (our ops, NCHW) or fast (our ops, channels_last)")
+    p.add_argument("--configs", nargs="+",
+                   default=["official:fp32", "ref:fp32", "fast:fp32", "fast:fp32:tuned", "fast:bf16:tuned"],
+                   help="mode:precision[:tuned]; mode official (the official op structure: native FIR, "
+                        "grouped modconv, NCHW), ref (our ops, NCHW) or fast (our ops, channels_last); "
+                        "tuned: with the CLI's glibc malloc settings")
+    p.add_argument("--profile", action="store_true", help="top ops of the last config")
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
@@ -128,28 +153,33 @@ def main() -> None:
     rates = matmul_rates(args.threads)
     print(f"matmul 2048^3 at {args.threads} threads: fp32 {rates['fp32'] / 1e9:.0f} GFLOP/s, "
           f"bf16 {rates['bf16'] / 1e9:.0f} GFLOP/s")
-    rows = []
+    rows, ops = [], []
     with tempfile.TemporaryDirectory() as tmp:
         for variant in args.variants:
             for batch in args.batches:
                 ref_file = Path(tmp) / f"{variant}_{batch}.npy"
                 flops = 0
                 for i, config in enumerate(args.configs):
-                    mode, precision = config.split(":")
+                    mode, precision, *tuned = config.split(":")
                     cmd = [sys.executable, __file__, "--worker", "--variant", variant, "--batch", str(batch),
                            "--mode", mode, "--precision", precision, "--ref-file", str(ref_file),
                            "--repeats", str(args.repeats), "--threads", str(args.threads)]
                     if i == 0:
                         cmd += ["--write-ref", "--count-flops"]
-                    res = subprocess.run(cmd, capture_output=True, text=True)
+                    if args.profile and i == len(args.configs) - 1:
+                        cmd += ["--profile"]
+                    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
+                    env.update(TUNED if tuned == ["tuned"] else {})
+                    res = subprocess.run(cmd, capture_output=True, text=True, env=env)
                     if res.returncode:
                         print(res.stderr[-2000:], file=sys.stderr)
                         raise SystemExit(f"worker failed: {config}")
                     r = json.loads(res.stdout.strip().splitlines()[-1])
                     flops = flops or r["flops"]
+                    ops = r["ops"] or ops
                     sec = sorted(r["times"])[len(r["times"]) // 2] / batch
                     floor = flops / rates["bf16" if precision == "bf16" else "fp32"]
-                    rows.append((variant, batch, f"{mode}:{precision}", sec, 1 / sec, r["peak_mib"],
+                    rows.append((variant, batch, config, sec, 1 / sec, r["peak_mib"],
                                  flops / 1e9, sec / floor if floor else float("nan"),
                                  r["diff"], r["weights"]))
     head = ("variant", "batch", "config", "s/img", "img/s", "peak MiB", "GFLOP/img", "x floor",
@@ -165,6 +195,11 @@ def main() -> None:
     print("x floor = time / (FLOPs / measured matmul rate of that dtype). speed-up = official-structure "
           "time / this time, same run. max|diff| = against the first config's fp32 output. For context, "
           f"the reference README measured the official code at {OFFICIAL_SECONDS} s on its machine.")
+    if ops:
+        print(f"\ntop ops, {args.configs[-1]}, batch {args.batches[-1]}, one forward (self CPU time):")
+        print("op | share | ms | calls")
+        for name, share, ms, calls in ops:
+            print(f"{name} | {share:.1%} | {ms:.0f} | {calls}")
 
 
 if __name__ == "__main__":

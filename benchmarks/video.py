@@ -34,6 +34,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from panini_cli.malloc import TUNED   # no torch import
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("PANINI_SHARED", REPO.parent / "shared"))
 CLIP = SHARED / "data" / "video" / "keep_real_3.mp4"
@@ -117,7 +119,8 @@ def child_model(args) -> dict:
 
 def spawn(mode: str, **kw) -> dict:
     cmd = [sys.executable, __file__, "--child", mode] + [x for k, v in kw.items() for x in (f"--{k.replace('_', '-')}", str(v))]
-    res = subprocess.run(cmd, capture_output=True, text=True)
+    env = {**os.environ, **TUNED}     # the glibc malloc settings the `panini` CLI runs with, in every child
+    res = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if res.returncode != 0:
         raise SystemExit(f"{mode} child failed:\n{res.stderr[-2000:]}")
     return json.loads(res.stdout.strip().splitlines()[-1])

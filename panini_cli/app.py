@@ -24,4 +24,10 @@ def version() -> None:
 
 
 def main() -> None:
-    app()
+    import sys
+
+    args = sys.argv[1:]
+    if args and not {"--help", "-h"} & set(args) and args[0] != "version":
+        from .malloc import reexec_tuned
+        reexec_tuned(["-m", "panini_cli", *args])
+    app(prog_name="panini")

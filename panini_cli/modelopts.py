@@ -64,6 +64,20 @@ def default_batch_size(device: str) -> int:
     return 1 if device == "cpu" else 4
 
 
+def batch_size_that_fits(restorer, requested: int | None) -> int:
+    """--batch-size (or the device default), lowered with a warning when it does not fit the free
+    memory. A batch above 1 costs one batch-1 forward to measure what a face needs."""
+    from panini_models import memory
+
+    want = requested or default_batch_size(str(restorer.device))
+    if want <= 1:
+        return 1
+    plan = memory.plan_batch(restorer, want)
+    if plan.reduced:
+        err_console.print(f"[yellow]warning:[/] batch size lowered to fit memory: {plan.describe()}")
+    return plan.batch
+
+
 def make_preparer(in_size: int, aligned: bool, landmarks: str = "68", only_center_face: bool = False,
                   max_faces: int | None = None, min_face: float = 16.0, max_pixels: int | None = None):
     """The pipeline's decode/detect/align step; checks the face models load before any work."""

@@ -10,7 +10,7 @@ JSON keeps float64 exactly) and the tracking state at the chunk's end. Worker pr
 device is never held up by a slow one) wait for the plan of their
 chunk, decode the video themselves (only a few numbers cross processes, never frames;
 the frames of other chunks are decoded and dropped), cut the crops with the planned
-affines, run the model, and paste back and encode the chunk with video.ChunkWriter.
+affines, run the model, and paste back and encode the chunk with video_chunks.ChunkWriter.
 Every step sees the same numbers as in the single-process path, so the frames are
 the same (on GPUs, up to the batch composition: a batch never spans two chunks here).
 
@@ -28,8 +28,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from .video import ChunkWriter, FrameReader, Partial, Settings, VideoError, VideoInfo, _read_json, _write_json, \
-    open_reader
+from .ffmpeg_io import FrameReader, VideoError, VideoInfo
+from .video import Settings, open_reader
+from .video_chunks import ChunkWriter, Partial, _read_json, _write_json
 
 _POLL = 0.05          # s between looks for a plan
 
@@ -187,12 +188,12 @@ def chunk_worker(device: str, job: ChunkJob, chunks):
     import torch
 
     from . import pipeline
-    from .modelopts import default_batch_size, load_restorer
+    from .modelopts import batch_size_that_fits, load_restorer
 
     if device == "cpu":           # share the cores, leaving one to decoding, planning and encoding
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // job.processes - 1))
     restorer = load_restorer(job.model, device, job.precision)
-    bs = job.batch_size or default_batch_size(device)
+    bs = batch_size_that_fits(restorer, job.batch_size)
     s, partial, parent = job.settings, Partial(job.out), os.getppid()
     reader, frames, position = None, None, 0
     try:

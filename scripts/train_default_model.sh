@@ -63,6 +63,18 @@ if [ ! -f "$R/final.safetensors" ]; then
         --set 'degradation.r=[10,40]' --set 'degradation.noise=[0,15]' --set 'degradation.jpeg=[20,60]'
 fi
 
-# 5. Ship: float16 weights + vDR statistics + held-out evaluation
-python "$REPO/scripts/make_default_model.py" "$RUNS/restore/final.safetensors" --train-dir "$DATA/split/train" \
+# 5. Stage 3 (a new run initialised from stage 2): L1 only, so the discriminator is not run
+#    (1.9 s instead of 5.3 s per step at batch 8), batch 16, a fresh cosine over 1,700 steps,
+#    moderate ranges with r up to 80. After stage 2 the model was still ~2.7 dB below bicubic
+#    at mild degradation; the adversarial and feature-matching terms pull away from PSNR and
+#    cost most of each step's time.
+S3="$RUNS/stage3"
+run "$S3" final.safetensors train restore "$DATA/split/train" --task small --val-dir "$DATA/split/val" \
+    --init "$R/final.safetensors" --steps 1700 --batch-size 16 --workers 1 --set lr_g=3e-4 \
+    --set gan_weight=0 --set feature_match_weight=0 --set log_every=10 --set val_every=200 \
+    --set ckpt_every=100 --set 'degradation.sigma=[0.2,4]' --set 'degradation.r=[10,80]' \
+    --set 'degradation.noise=[0,15]' --set 'degradation.jpeg=[20,60]'
+
+# 6. Ship: float16 weights + vDR statistics + held-out evaluation
+python "$REPO/scripts/make_default_model.py" "$S3/final.safetensors" --train-dir "$DATA/split/train" \
     --heldout "$DATA/split/heldout" --out "$REPO/models/weights"

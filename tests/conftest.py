@@ -43,3 +43,9 @@ def write_small_model(path: Path, seed: int = 0, tweak=None) -> Path:
             tweak(model)
     save_weights(path, model.state_dict(), "panini", json.loads(model.config.to_json()))
     return path
+
+
+@pytest.fixture(scope="module")
+def model_file(tmp_path_factory):
+    """A `small` model file, written once per test module that asks for one (shared by the video tests)."""
+    return write_small_model(tmp_path_factory.mktemp("model") / "small.safetensors")

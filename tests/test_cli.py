@@ -21,6 +21,27 @@ def test_help_does_not_import_torch():
     assert out.returncode == 0 and "weights" in out.stdout
 
 
+def test_cli_reexecs_once_with_tuned_malloc_unless_told_not_to():
+    """The real entry point: a command runs in a process that has the malloc settings (and the
+    same arguments); PANINI_MALLOC=default or a user's own MALLOC_ setting is left alone."""
+    from panini_cli import malloc
+    env = {k: v for k, v in __import__("os").environ.items()
+           if not (k.startswith("MALLOC_") or k in ("GLIBC_TUNABLES", malloc.OPT_OUT))}
+    probe = ("import os, sys; from panini_cli.malloc import reexec_tuned; "
+             "reexec_tuned(['-c', 'import os, sys; print(os.environ.get(\"MALLOC_MMAP_THRESHOLD_\"), sys.argv[1:])', 'a b']); "
+             "print('not re-executed', os.environ.get('MALLOC_MMAP_THRESHOLD_'))")
+    run = lambda extra: subprocess.run([sys.executable, "-c", probe], env={**env, **extra}, capture_output=True,
+                                       text=True, check=True).stdout.strip()
+    if not malloc.wanted(env):
+        pytest.skip("not glibc Linux: the malloc settings do not apply")
+    assert run({}) == f"{malloc.TUNED['MALLOC_MMAP_THRESHOLD_']} ['a b']"
+    assert run({malloc.OPT_OUT: "default"}) == "not re-executed None"
+    assert run({"MALLOC_ARENA_MAX_": "2"}) == "not re-executed None"
+    assert not malloc.wanted({}, libc="musl")
+    out = subprocess.run(["panini", "weights", "list"], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and "default" in out.stdout              # re-executed once, no loop
+
+
 def _small_file(tmp_path, seed=0):
     from panini_models.checkpoints import save_weights
     torch.manual_seed(seed)

@@ -39,28 +39,30 @@ def test_default_file_is_intact_small_and_carries_training_statistics():
     assert all(p.dtype == torch.float32 for p in model.parameters())
 
 
-def test_default_beats_bicubic_in_ssim_on_faces_it_never_saw_at_severe_degradation():
-    """FFHQ faces (another dataset than the UTKFace training set), r = 80. Only SSIM is
-    claimed: on these faces its PSNR is still ~0.4 dB below bicubic, and at mild degradation
-    (r <= 20) it is below bicubic in both (see models/weights/MODEL_CARD.md)."""
+def test_default_beats_bicubic_on_ffhq_faces_at_moderate_to_severe_degradation():
+    """FFHQ faces (another dataset than the UTKFace training set). What holds there, and only
+    that: at r = 80 it beats bicubic in PSNR and SSIM, at r = 40 in SSIM only; at r <= 20 it
+    is below bicubic on these crops (textured backgrounds and hair it never saw in training;
+    see models/weights/MODEL_CARD.md)."""
     files = sorted((DATA / "faces_aligned").glob("gpen_ffhq_*.png"))
     if not files:
         need(DATA / "faces_aligned" / "gpen_ffhq_00000.png")
     model = registry.load_model("default")
-    params = DegradationParams(sigma=2.0, r=80.0, noise=10.0, jpeg=40)
-    ours, bicubic, ours_ssim, bicubic_ssim = [], [], [], []
-    for i, f in enumerate(files[:6]):
-        gt = cv2.resize(cv2.imread(str(f)), (128, 128), interpolation=cv2.INTER_AREA)
-        lq = degrade(gt, params, out_size=64, rng=i)
-        with torch.no_grad():
-            out = tensor_to_bgr(model(bgr_to_tensor(lq)))[0]
-        up = cv2.resize(lq, (128, 128), interpolation=cv2.INTER_CUBIC)
-        ours.append(psnr(out, gt))
-        bicubic.append(psnr(up, gt))
-        ours_ssim.append(ssim(out, gt))
-        bicubic_ssim.append(ssim(up, gt))
-    assert np.mean(ours_ssim) > np.mean(bicubic_ssim) + 0.01, (ours_ssim, bicubic_ssim)
-    assert np.mean(ours) > np.mean(bicubic) - 1.0, (ours, bicubic)      # and not far behind in PSNR
+    result = {}
+    for r in (40.0, 80.0):
+        params = DegradationParams(sigma=2.0, r=r, noise=10.0, jpeg=40)
+        scores = []
+        for i, f in enumerate(files[:6]):
+            gt = cv2.resize(cv2.imread(str(f)), (128, 128), interpolation=cv2.INTER_AREA)
+            lq = degrade(gt, params, out_size=64, rng=i)
+            with torch.no_grad():
+                out = tensor_to_bgr(model(bgr_to_tensor(lq)))[0]
+            up = cv2.resize(lq, (128, 128), interpolation=cv2.INTER_CUBIC)
+            scores.append((psnr(out, gt), psnr(up, gt), ssim(out, gt), ssim(up, gt)))
+        result[r] = np.mean(scores, axis=0)
+    ours_p, bic_p, ours_s, bic_s = result[80.0]
+    assert ours_s > bic_s + 0.02 and ours_p > bic_p, result
+    assert result[40.0][2] > result[40.0][3], result
 
 
 def test_readme_first_command_restores_the_bundled_examples(tmp_path):

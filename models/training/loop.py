@@ -203,6 +203,12 @@ class RestoreTrainer:
         else:
             self.notes.append("no VGG16 weights given (--vgg): the perceptual term is replaced by feature "
                               f"matching on the discriminator (L1, weight {cfg.feature_match_weight})")
+        # A stage whose losses never look at D (L1 or VGG only: the PSNR-oriented warm-up of ESRGAN and
+        # GFPGAN practice) skips D's forward and backward, about half of a step's time.
+        self.use_d = cfg.gan_weight > 0 or (self.perceptual is None and cfg.feature_match_weight > 0)
+        if not self.use_d:
+            self.notes.append("gan_weight=0 and no discriminator feature matching: D is not run in this "
+                              "stage (its weights and optimiser state are kept as they are)")
         self.opt_g = torch.optim.Adam([p for p in self.G.parameters() if p.requires_grad], lr=cfg.lr_g,
                                       betas=tuple(cfg.betas))
         self.opt_d = torch.optim.Adam(self.D.parameters(), lr=cfg.lr_d, betas=tuple(cfg.betas))
@@ -252,6 +258,16 @@ class RestoreTrainer:
             data_time += time.perf_counter() - t
             lq = batch["lq"].to(dev, non_blocking=True)
             gt = batch["gt"].to(dev, non_blocking=True)
+            if not self.use_d:
+                with self._autocast():
+                    fake = self.G(lq)
+                    l1 = l1_loss(fake.float(), gt)
+                    perc = self.perceptual(fake.float(), gt) if self.perceptual is not None else l1 * 0
+                    g_loss = cfg.l1_weight * l1 + cfg.perceptual_weight * perc
+                self.scaler_g.scale(g_loss / cfg.accum).backward()
+                zero = torch.zeros((), device=dev)
+                sums += torch.stack([g_loss, l1, perc, zero, zero, zero, zero, zero]).detach().float()
+                continue
             with self._autocast():
                 fake = self.G(lq)
                 self.D.requires_grad_(True)
@@ -278,17 +294,19 @@ class RestoreTrainer:
             sums += torch.cat([g_terms, torch.stack([d_real, d_fake, real_logits.float().mean(),
                                                      fake_logits_d.float().mean()]).detach()])
         dist.average_gradients(self.G.parameters(), self.info)
-        dist.average_gradients(self.D.parameters(), self.info)
+        if self.use_d:
+            dist.average_gradients(self.D.parameters(), self.info)
         losses = dist.mean_values(sums / cfg.accum, self.info)
         values = {k: float(v) for k, v in zip(LOSS_NAMES, losses.tolist())}
         if not all(math.isfinite(v) for v in values.values()):
             bad = ", ".join(f"{k}={v}" for k, v in values.items() if not math.isfinite(v))
             raise NonFiniteLoss(f"non-finite loss at step {self.step + 1}: {bad}")
-        if do_g:
+        if do_g or not self.use_d:
             self.scaler_g.step(self.opt_g)
             self.scaler_g.update()
-        self.scaler_d.step(self.opt_d)
-        self.scaler_d.update()
+        if self.use_d:
+            self.scaler_d.step(self.opt_d)
+            self.scaler_d.update()
         self.sched.step()
         average_buffers(trainable_bn_buffers(self.G), self.info)
         self.step += 1

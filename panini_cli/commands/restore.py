@@ -138,9 +138,10 @@ class RestoreSettings:
 def restore_worker(device: str, s: RestoreSettings, items):
     """Restore `items` on one device; yields one manifest record per input."""
     from .. import images, outputs, pipeline
-    from ..modelopts import default_batch_size, load_restorer, make_preparer
+    from ..modelopts import batch_size_that_fits, load_restorer, make_preparer
 
     restorer = load_restorer(s.model, device, s.precision)
+    batch_size = batch_size_that_fits(restorer, s.batch_size)
     preparer = make_preparer(restorer.in_size, s.aligned, s.landmarks, s.only_center_face, s.max_faces,
                              s.min_face, s.max_pixels)
     layout = outputs.Layout(Path(s.out_dir), s.ext, s.suffix)
@@ -150,7 +151,7 @@ def restore_worker(device: str, s: RestoreSettings, items):
     pending: list = []
     try:
         for item in pipeline.run(items, preparer, restorer, [{}], workers=s.workers,
-                                 batch_size=s.batch_size or default_batch_size(device)):
+                                 batch_size=batch_size):
             if item.error:
                 yield {"path": str(item.path), "status": "failed", "error": item.error}
             else:

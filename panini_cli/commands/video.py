@@ -102,9 +102,9 @@ def video(
 
     devices = resolve_devices(device, gpu, gpus, cpu_workers)
     threads = torch.get_num_threads()
-    if devices == ["cpu"]:
-        # leave a core to decoding, tracking and encoding, which run beside the model
-        # (2 cores: 5.3 frames/s against 4.8 with both threads on the model)
+    if devices == ["cpu"] and _light_model(model, precision):
+        # a light model: leave a core to decoding, tracking and encoding, which run beside it
+        # (small model, 2 cores: 5.3 frames/s against 4.8 with both threads on the model)
         torch.set_num_threads(max(1, threads - 1))
     try:
         _run(src, out, note, settings, model, devices, precision, landmarks, batch_size, resume, quiet,
@@ -113,9 +113,18 @@ def video(
         torch.set_num_threads(threads)          # in-process callers (tests) get theirs back
 
 
+def _light_model(model: str, precision: str) -> bool:
+    """Faces of at most 128 px in: the per-frame work beside the model (decode, track, encode,
+    ~80 ms a frame here) is comparable to a forward, so it gets a core of its own. A 512 px
+    model spends seconds per face: all cores go to it (see benchmarks/video.py)."""
+    from ..modelopts import load_restorer
+
+    return load_restorer(model, "cpu", precision).in_size <= 128
+
+
 def _run(src, out, note, settings, model, devices, precision, landmarks, batch_size, resume, quiet, json_summary):
     from .. import video as vid
-    from ..modelopts import check_model, default_batch_size, load_restorer, make_preparer
+    from ..modelopts import batch_size_that_fits, check_model, default_batch_size, load_restorer, make_preparer
 
     workers = None
     if len(devices) == 1:
@@ -131,7 +140,8 @@ def _run(src, out, note, settings, model, devices, precision, landmarks, batch_s
         workers = Workers(devices, model, precision, batch_size, in_size, net.dre)
         del net
     detector = make_preparer(in_size, False, landmarks).make_detector()   # checks the face models load
-    bs = batch_size or default_batch_size(devices[0])
+    bs = (batch_size_that_fits(restorer, batch_size) if restorer is not None
+          else batch_size or default_batch_size(devices[0]))
     if settings.smooth_vdr and variant != "mfr" and not quiet:
         err_console.print(f"note: --smooth-vdr has no effect: the {variant} model has "
                           f"{'a learned constant vDR' if variant == 'sr' else 'no DAFI masks'}", soft_wrap=True)
