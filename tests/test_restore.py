@@ -9,14 +9,9 @@ from typer.testing import CliRunner
 
 from panini_cli.app import app
 
-from conftest import DATA, need, write_small_model
+from conftest import DATA, need
 
 runner = CliRunner()
-
-
-@pytest.fixture(scope="module")
-def model_file(tmp_path_factory):
-    return write_small_model(tmp_path_factory.mktemp("model") / "small.safetensors")
 
 
 def run(model_file, *args):
