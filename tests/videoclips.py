@@ -13,23 +13,19 @@ import wave
 from pathlib import Path
 
 import numpy as np
-import pytest
 from typer.testing import CliRunner
 
 from panini_cli import video as vid
 from panini_cli.app import app
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-VIDEOS = SHARED / "data" / "video"
-REPO = Path(__file__).resolve().parents[1]
+from conftest import DATA, REPO, need
+
+VIDEOS = DATA / "video"
 runner = CliRunner()
 
 
 def need_clip(name: str) -> Path:
-    path = VIDEOS / name
-    if not path.exists():
-        pytest.skip(f"{path} not found: this test needs ../shared/data/video beside the repository")
-    return path
+    return need(VIDEOS / name)
 
 
 def run(*args):
