@@ -59,7 +59,9 @@ def peak_extra_bytes(fn, device: torch.device | str) -> int:
 
     CUDA: the allocator's peak counter (exact). CPU: the process's resident size,
     sampled every millisecond while fn runs (torch ops release the GIL), so a short
-    spike can be missed by ~1 ms of growth; an estimate, not a bound."""
+    spike can be missed by ~1 ms of growth, and memory the process freed earlier but
+    kept is reused unseen: an estimate, not a bound, best taken before other big work
+    (the CLI measures right after loading the model)."""
     dev = torch.device(device)
     if dev.type == "cuda":
         torch.cuda.synchronize(dev)
