@@ -9,8 +9,10 @@ model), else random.
     python benchmarks/forward.py --variants mfr --batches 1 4 --repeats 3
     python benchmarks/forward.py --variants mfr --configs fast:fp32:tuned --profile
 
-A config is mode:precision[:tuned]; `tuned` runs the worker with the glibc malloc
-settings the `panini` CLI applies (panini_cli/malloc.py), otherwise glibc's defaults.
+A config is mode:precision[:tuned][:compile]; `tuned` runs the worker with the glibc
+malloc settings the `panini` CLI applies (panini_cli/malloc.py), otherwise glibc's
+defaults; `compile` wraps the model in torch.compile (the first-call column shows what
+compiling costs).
 --profile adds a table of the top ops by share of self CPU time (last config).
 """
 from __future__ import annotations
@@ -58,7 +60,9 @@ def worker(args) -> None:
     from panini_models import runtime
 
     torch.set_num_threads(args.threads)
-    model, weights = build(args.variant)
+    from panini_models import checkpoints
+    model = checkpoints.load_panini(args.weights_file)        # as the CLI loads a model
+    loaded = _rss_mib()
     size = model.config.in_size
     gen = torch.Generator().manual_seed(0)
     x = torch.rand(args.batch, 3, size, size, generator=gen) * 2 - 1
@@ -76,8 +80,11 @@ def worker(args) -> None:
         from panini_models import ops, stylegan2
         stylegan2.upfirdn2d = ops.upfirdn2d_ref
         stylegan2.modulated_conv2d = lambda *a, fused=None, **k: ops.modulated_conv2d_ref(*a, **k)
-    model = runtime.prepare(model, "cpu", args.precision, channels_last=args.mode == "fast")
-    runtime.forward(model, x, args.precision)                      # warm-up
+    model = runtime.prepare(model, "cpu", args.precision, channels_last=args.mode == "fast",
+                            compile=args.compile)
+    t = time.perf_counter()
+    runtime.forward(model, x, args.precision)                      # warm-up (and compile)
+    first = time.perf_counter() - t
     times = []
     for _ in range(args.repeats):
         t = time.perf_counter()
@@ -91,8 +98,22 @@ def worker(args) -> None:
         diff = float(np.abs(out.numpy() - np.load(ref)).max()) if ref.exists() else float("nan")
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024          # MiB
     ops = profile(model, x, args.precision) if args.profile else []
-    print(json.dumps({"times": times, "peak_mib": peak, "flops": flops, "diff": diff, "weights": weights,
+    print(json.dumps({"times": times, "peak_mib": peak, "loaded_mib": loaded, "first": first, "flops": flops, "diff": diff,
                       "ops": ops}))
+
+
+def _rss_mib() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def save_model(variant: str, path: Path) -> str:
+    """Build `variant` (recipe or random weights) and save it where the workers load it from."""
+    from panini_models.checkpoints import save_weights
+
+    model, weights = build(variant)
+    save_weights(path, model.state_dict(), "panini", json.loads(model.config.to_json()))
+    return weights
 
 
 def profile(model, x, precision: str, top: int = 15) -> list:
@@ -136,15 +157,16 @@ def main() -> None:
     p.add_argument("--batches", nargs="+", type=int, default=[1])
     p.add_argument("--configs", nargs="+",
                    default=["official:fp32", "ref:fp32", "fast:fp32", "fast:fp32:tuned", "fast:bf16:tuned"],
-                   help="mode:precision[:tuned]; mode official (the official op structure: native FIR, "
+                   help="mode:precision[:tuned][:compile]; mode official (the official op structure: native FIR, "
                         "grouped modconv, NCHW), ref (our ops, NCHW) or fast (our ops, channels_last); "
-                        "tuned: with the CLI's glibc malloc settings")
+                        "tuned: with the CLI's glibc malloc settings; compile: torch.compile")
     p.add_argument("--profile", action="store_true", help="top ops of the last config")
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--variant"), p.add_argument("--batch", type=int), p.add_argument("--mode")
     p.add_argument("--precision"), p.add_argument("--ref-file"), p.add_argument("--write-ref", action="store_true")
+    p.add_argument("--weights-file"), p.add_argument("--compile", action="store_true")
     p.add_argument("--count-flops", action="store_true")
     args = p.parse_args()
     if args.worker:
@@ -158,18 +180,24 @@ def main() -> None:
         for variant in args.variants:
             for batch in args.batches:
                 ref_file = Path(tmp) / f"{variant}_{batch}.npy"
+                weights_file = Path(tmp) / f"{variant}.safetensors"
+                if not weights_file.exists():
+                    weights = save_model(variant, weights_file)
                 flops = 0
                 for i, config in enumerate(args.configs):
-                    mode, precision, *tuned = config.split(":")
+                    mode, precision, *flags = config.split(":")
                     cmd = [sys.executable, __file__, "--worker", "--variant", variant, "--batch", str(batch),
                            "--mode", mode, "--precision", precision, "--ref-file", str(ref_file),
+                           "--weights-file", str(weights_file),
                            "--repeats", str(args.repeats), "--threads", str(args.threads)]
                     if i == 0:
                         cmd += ["--write-ref", "--count-flops"]
                     if args.profile and i == len(args.configs) - 1:
                         cmd += ["--profile"]
                     env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
-                    env.update(TUNED if tuned == ["tuned"] else {})
+                    env.update(TUNED if "tuned" in flags else {})
+                    if "compile" in flags:
+                        cmd += ["--compile"]
                     res = subprocess.run(cmd, capture_output=True, text=True, env=env)
                     if res.returncode:
                         print(res.stderr[-2000:], file=sys.stderr)
@@ -179,10 +207,10 @@ def main() -> None:
                     ops = r["ops"] or ops
                     sec = sorted(r["times"])[len(r["times"]) // 2] / batch
                     floor = flops / rates["bf16" if precision == "bf16" else "fp32"]
-                    rows.append((variant, batch, config, sec, 1 / sec, r["peak_mib"],
+                    rows.append((variant, batch, config, sec, r["first"], r["loaded_mib"], r["peak_mib"],
                                  flops / 1e9, sec / floor if floor else float("nan"),
-                                 r["diff"], r["weights"]))
-    head = ("variant", "batch", "config", "s/img", "img/s", "peak MiB", "GFLOP/img", "x floor",
+                                 r["diff"], weights))
+    head = ("variant", "batch", "config", "s/img", "first call s", "loaded MiB", "peak MiB", "GFLOP/img", "x floor",
             "speed-up vs official", "max|diff|", "weights")
     print(" | ".join(head))
     base = {}
@@ -190,8 +218,10 @@ def main() -> None:
         if r[2] == "official:fp32":
             base[(r[0], r[1])] = r[3]
         speedup = base.get((r[0], r[1]), float("nan")) / r[3]
-        print(f"{r[0]} | {r[1]} | {r[2]} | {r[3]:.2f} | {r[4]:.3f} | {r[5]:.0f} | {r[6]:.1f} | {r[7]:.1f} | "
-              f"{speedup:.2f} | {r[8]:.1e} | {r[9]}")
+        print(f"{r[0]} | {r[1]} | {r[2]} | {r[3]:.2f} | {r[4]:.1f} | {r[5]:.0f} | {r[6]:.0f} | {r[7]:.1f} | "
+              f"{r[8]:.1f} | {speedup:.2f} | {r[9]:.1e} | {r[10]}")
+    print("loaded = resident MiB once the model is loaded from its safetensors file (as the CLI loads it); "
+          "peak = the process's peak RSS after the forwards.")
     print("x floor = time / (FLOPs / measured matmul rate of that dtype). speed-up = official-structure "
           "time / this time, same run. max|diff| = against the first config's fp32 output. For context, "
           f"the reference README measured the official code at {OFFICIAL_SECONDS} s on its machine.")

@@ -161,7 +161,10 @@ def modulated_conv2d(x: torch.Tensor, weight: torch.Tensor, styles: torch.Tensor
             y = F.conv_transpose2d(xg, wt, stride=2, padding=0, groups=b)
         else:
             y = F.conv2d(xg, w.reshape(b * out_ch, c, kh, kw), padding=kh // 2, groups=b)
-        y = y.reshape(b, out_ch, y.shape[2], y.shape[3])
+        if b > 1:
+            # Not at batch 1: reshape would give the size-1 batch dim a stride that
+            # hides the channels_last layout, and the next conv would copy to NCHW.
+            y = y.reshape(b, out_ch, y.shape[2], y.shape[3])
     else:
         xs = x * styles.view(b, c, 1, 1).to(x.dtype)
         if up:

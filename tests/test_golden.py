@@ -107,6 +107,18 @@ def test_golden_mfr_png(mfr_run, tmp_path):
     assert abs(int(ours.sum()) - int(golden["output_uint8_bgr_sum"])) <= int(diff.sum())
 
 
+def test_golden_mfr_fast_inference_path(mfr_run, tmp_path):
+    """The path the CLI runs (runtime.prepare: channels_last, fused oneDNN convs) meets the same bar."""
+    from panini_models import runtime
+    golden, imported, _, _ = mfr_run
+    model = checkpoints.build(imported.kind, imported.config, imported.state_dict)
+    model = runtime.prepare(model, "cpu", "fp32", channels_last=True)
+    assert model.stylegan.const.is_contiguous(memory_format=torch.channels_last)
+    out = runtime.forward(model, torch.from_numpy(golden["input"]), return_aux=True)
+    assert _err(out.image, golden["output_raw"]) <= 1e-4
+    assert _err(out.vdr[0], golden["degradation_vector"]) <= 1e-4
+
+
 def test_preprocessing_matches_official_input():
     """Our uint8 -> tensor conversion reproduces the official normalised input bit for bit."""
     golden = np.load(need(REFERENCE / "golden_mfr.npz"))

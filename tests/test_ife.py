@@ -2,6 +2,7 @@
 import pytest
 import torch
 
+from panini_models import fused
 from panini_models.ife import ResidualDenseBlock
 
 
@@ -24,3 +25,34 @@ def test_dense_block_gradients_match_reference():
     ref = torch.autograd.grad(block.forward_ref(x).square().sum(), [x, block.conv3.weight])
     for a, b in zip(fast, ref):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+
+
+needs_onednn = pytest.mark.skipif(not fused.AVAILABLE, reason="this torch build has no oneDNN fused conv ops")
+
+
+@needs_onednn
+@pytest.mark.parametrize("ch,growth,batch,channels_last", [(8, 32, 1, True), (8, 32, 2, True), (8, 32, 1, False),
+                                                           (16, 16, 3, True), (5, 3, 2, False)])
+def test_fused_dense_block_matches_reference(ch, growth, batch, channels_last):
+    torch.manual_seed(0)
+    block = ResidualDenseBlock(ch, growth)
+    x = torch.randn(batch, ch, 19, 17)
+    if channels_last:
+        block, x = block.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        assert fused.usable(x)
+        fast = block.forward_fused(x)
+        ref = block.forward_ref(x)
+    torch.testing.assert_close(fast, ref, rtol=1e-5, atol=1e-5)
+    assert fast.is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+
+
+def test_fused_path_only_where_it_applies():
+    """Training, autocast and float64 take the stacked path (the fused ops have no autograd)."""
+    x = torch.randn(1, 4, 8, 8)
+    assert not fused.usable(x)                      # grad mode on
+    with torch.no_grad():
+        assert fused.usable(x) == fused.AVAILABLE
+        assert not fused.usable(x.double())
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert not fused.usable(x)

@@ -71,3 +71,18 @@ def test_bias_act():
     b = torch.tensor([0.5, -1.0])
     y = bias_act(x, b).flatten().tolist()
     assert y == pytest.approx([-0.5 * 0.2 * 2 ** 0.5, 1.0 * 2 ** 0.5])
+
+
+@pytest.mark.parametrize("up", [False, True])
+def test_channels_last_survives_batch_one_modulated_conv(up):
+    """A channels_last input stays channels_last through a styled conv at batch 1 (the fast
+    path's per-sample weights): else every next conv and blur converts a large map to NCHW."""
+    from panini_models.stylegan2 import StyledConv
+    torch.manual_seed(0)
+    layer = StyledConv(16, 8, 32, up=up).eval().to(memory_format=torch.channels_last)
+    x = torch.randn(1, 16, 12, 12).contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        y = layer(x, torch.randn(1, 32), torch.randn(1, 1, 24 if up else 12, 24 if up else 12))
+    assert y.is_contiguous(memory_format=torch.channels_last)
+    # the layout as strides say it (size-1 dims included), which is what a conv reads
+    assert y.stride() == torch.empty_like(y, memory_format=torch.channels_last).stride()

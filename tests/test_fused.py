@@ -1,0 +1,47 @@
+"""The oneDNN fused convolutions against plain conv2d + elementwise ops."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from panini_models import fused
+
+pytestmark = pytest.mark.skipif(not fused.AVAILABLE, reason="this torch build has no oneDNN fused conv ops")
+
+SHAPES = [(1, 8, 32, 23, 17, 3), (2, 32, 8, 16, 16, 3), (3, 5, 7, 9, 11, 1), (1, 64, 64, 12, 12, 3)]
+
+
+def _inputs(b, cin, cout, h, w, k, channels_last):
+    g = torch.Generator().manual_seed(b * 1000 + cin + cout)
+    x = torch.randn(b, cin, h, w, generator=g)
+    weight = torch.randn(cout, cin, k, k, generator=g) / (cin * k * k) ** 0.5
+    bias = torch.randn(cout, generator=g)
+    if channels_last:
+        x, weight = x.contiguous(memory_format=torch.channels_last), weight.contiguous(memory_format=torch.channels_last)
+    return x, weight, bias
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("channels_last", [True, False])
+@pytest.mark.parametrize("slope", [None, 0.2])
+def test_conv_act(shape, channels_last, slope):
+    x, weight, bias = _inputs(*shape, channels_last)
+    pad = shape[-1] // 2
+    ref = F.conv2d(x, weight, bias, padding=pad)
+    if slope is not None:
+        ref = F.leaky_relu(ref, slope)
+    with torch.inference_mode():
+        out = fused.conv_act(x, weight, bias, pad, slope)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_conv_add_in_place(shape, channels_last):
+    x, weight, bias = _inputs(*shape, channels_last)
+    pad = shape[-1] // 2
+    with torch.inference_mode():
+        acc = fused.conv_act(x, weight, bias, pad)     # an accumulator in the layout oneDNN gives
+        start = acc.clone()
+        out = fused.conv_add_(acc, x * 0.5, weight, pad)
+    assert out.data_ptr() == acc.data_ptr()
+    torch.testing.assert_close(acc, start + F.conv2d(x * 0.5, weight, padding=pad), rtol=1e-5, atol=1e-5)
