@@ -22,16 +22,29 @@ import torch.nn.functional as F
 _ONE = [1, 1]
 
 
-def _ops_present() -> bool:
+def _self_check() -> bool:
+    """The internal ops exist in this torch build and still compute what we call them for.
+
+    They are not public API (torch>=2.1 is allowed): a signature or behaviour change in
+    another version turns the fused path off instead of breaking or changing a forward."""
     try:
-        return (torch.backends.mkldnn.is_available()
-                and hasattr(torch.ops.mkldnn, "_convolution_pointwise")
-                and hasattr(torch.ops.mkldnn, "_convolution_pointwise_"))
-    except (AttributeError, RuntimeError):
+        if not torch.backends.mkldnn.is_available():
+            return False
+        g = torch.Generator().manual_seed(0)
+        x, w = torch.randn(1, 4, 5, 5, generator=g), torch.randn(8, 4, 3, 3, generator=g)
+        b = torch.randn(8, generator=g)
+        with torch.no_grad():
+            ref = F.conv2d(x, w, b, padding=1)
+            got = conv_act(x, w, b, 1, 0.2)
+            ok = torch.allclose(got, F.leaky_relu(ref, 0.2), rtol=1e-4, atol=1e-4)
+            acc = conv_act(x, w, b, 1)
+            conv_add_(acc, x, w, 1)
+            return ok and torch.allclose(acc, ref + ref - b.view(1, -1, 1, 1), rtol=1e-4, atol=1e-4)
+    except (AttributeError, RuntimeError, TypeError):
         return False
 
 
-AVAILABLE = _ops_present()
+AVAILABLE = False      # set below, once conv_act and conv_add_ exist
 
 
 def usable(x: torch.Tensor) -> bool:
@@ -55,3 +68,6 @@ def conv_add_(acc: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, padding:
     pad = [padding, padding]
     return torch.ops.mkldnn._convolution_pointwise_.binary(acc, x, weight, None, pad, _ONE, _ONE, 1,
                                                            "add", None, None, [], None)
+
+
+AVAILABLE = _self_check()

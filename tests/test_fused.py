@@ -45,3 +45,16 @@ def test_conv_add_in_place(shape, channels_last):
         out = fused.conv_add_(acc, x * 0.5, weight, pad)
     assert out.data_ptr() == acc.data_ptr()
     torch.testing.assert_close(acc, start + F.conv2d(x * 0.5, weight, padding=pad), rtol=1e-5, atol=1e-5)
+
+
+def test_self_check_turns_the_path_off_when_an_op_misbehaves(monkeypatch):
+    """A torch build whose internal op computes something else (or has another signature)
+    must lose the fused path, not change the forward."""
+    assert fused._self_check()
+    monkeypatch.setattr(fused, "conv_add_", lambda acc, x, w, pad: acc)              # adds nothing
+    assert not fused._self_check()
+
+    def other_signature(*args):
+        raise RuntimeError("schema mismatch")
+    monkeypatch.setattr(fused, "conv_act", other_signature)
+    assert not fused._self_check()
