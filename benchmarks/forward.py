@@ -98,8 +98,8 @@ def worker(args) -> None:
         diff = float(np.abs(out.numpy() - np.load(ref)).max()) if ref.exists() else float("nan")
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024          # MiB
     ops = profile(model, x, args.precision) if args.profile else []
-    print(json.dumps({"times": times, "peak_mib": peak, "loaded_mib": loaded, "first": first, "flops": flops, "diff": diff,
-                      "ops": ops}))
+    print(json.dumps({"times": times, "peak_mib": peak, "loaded_mib": loaded, "first": first, "flops": flops,
+                      "diff": diff, "ops": ops}))
 
 
 def _rss_mib() -> float:

@@ -16,7 +16,8 @@ def _inputs(b, cin, cout, h, w, k, channels_last):
     weight = torch.randn(cout, cin, k, k, generator=g) / (cin * k * k) ** 0.5
     bias = torch.randn(cout, generator=g)
     if channels_last:
-        x, weight = x.contiguous(memory_format=torch.channels_last), weight.contiguous(memory_format=torch.channels_last)
+        cl = torch.channels_last
+        x, weight = x.contiguous(memory_format=cl), weight.contiguous(memory_format=cl)
     return x, weight, bias
 
 
