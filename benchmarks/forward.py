@@ -60,9 +60,9 @@ def worker(args) -> None:
     from panini_models import runtime
 
     torch.set_num_threads(args.threads)
-    from panini_models import checkpoints
+    from panini_models import checkpoints, memory
     model = checkpoints.load_panini(args.weights_file)        # as the CLI loads a model
-    loaded = _rss_mib()
+    loaded = memory.rss_bytes() / 2**20
     size = model.config.in_size
     gen = torch.Generator().manual_seed(0)
     x = torch.rand(args.batch, 3, size, size, generator=gen) * 2 - 1
@@ -100,11 +100,6 @@ def worker(args) -> None:
     ops = profile(model, x, args.precision) if args.profile else []
     print(json.dumps({"times": times, "peak_mib": peak, "loaded_mib": loaded, "first": first, "flops": flops,
                       "diff": diff, "ops": ops}))
-
-
-def _rss_mib() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
 def save_model(variant: str, path: Path) -> str:
@@ -178,11 +173,10 @@ def main() -> None:
     rows, ops = [], []
     with tempfile.TemporaryDirectory() as tmp:
         for variant in args.variants:
+            weights_file = Path(tmp) / f"{variant}.safetensors"
+            weights = save_model(variant, weights_file)
             for batch in args.batches:
                 ref_file = Path(tmp) / f"{variant}_{batch}.npy"
-                weights_file = Path(tmp) / f"{variant}.safetensors"
-                if not weights_file.exists():
-                    weights = save_model(variant, weights_file)
                 flops = 0
                 for i, config in enumerate(args.configs):
                     mode, precision, *flags = config.split(":")

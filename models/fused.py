@@ -10,7 +10,7 @@ convolution that produces the tensor, so they cost no extra pass over memory:
 
 Both are PyTorch's internal `mkldnn::_convolution_pointwise*` ops (the ones
 torch.compile's CPU backend emits). They have no autograd and take float32 only,
-so `usable(x)` gates them: CPU, fp32, no autograd, no autocast, oneDNN built in.
+so `usable(x, weight)` gates them: CPU, fp32, no autograd, no autocast, oneDNN built in.
 Everything else (training, CUDA, bf16/fp16) takes the plain path, whose result
 these equal within float32 rounding (tests/test_fused.py).
 """
@@ -20,6 +20,23 @@ import torch
 import torch.nn.functional as F
 
 _ONE = [1, 1]
+
+
+def conv_act(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, padding: int,
+             slope: float | None = None) -> torch.Tensor:
+    """leaky_relu(conv2d(x, weight, bias, padding=padding), slope); slope None: no activation."""
+    pad = [padding, padding]
+    if slope is None:
+        return torch.ops.mkldnn._convolution_pointwise(x, weight, bias, pad, _ONE, _ONE, 1, "none", [], "")
+    return torch.ops.mkldnn._convolution_pointwise(x, weight, bias, pad, _ONE, _ONE, 1,
+                                                    "leaky_relu", [slope], "")
+
+
+def conv_add_(acc: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, padding: int) -> torch.Tensor:
+    """acc += conv2d(x, weight, padding=padding), in place; returns acc."""
+    pad = [padding, padding]
+    return torch.ops.mkldnn._convolution_pointwise_.binary(acc, x, weight, None, pad, _ONE, _ONE, 1,
+                                                           "add", None, None, [], None)
 
 
 def _self_check() -> bool:
@@ -44,30 +61,10 @@ def _self_check() -> bool:
         return False
 
 
-AVAILABLE = False      # set below, once conv_act and conv_add_ exist
-
-
-def usable(x: torch.Tensor) -> bool:
-    """True when the fused ops can compute this forward (see module docstring)."""
-    return (AVAILABLE and x.device.type == "cpu" and x.dtype == torch.float32
-            and not torch.is_grad_enabled() and not torch.is_autocast_enabled("cpu"))
-
-
-def conv_act(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, padding: int,
-             slope: float | None = None) -> torch.Tensor:
-    """leaky_relu(conv2d(x, weight, bias, padding=padding), slope); slope None: no activation."""
-    pad = [padding, padding]
-    if slope is None:
-        return torch.ops.mkldnn._convolution_pointwise(x, weight, bias, pad, _ONE, _ONE, 1, "none", [], "")
-    return torch.ops.mkldnn._convolution_pointwise(x, weight, bias, pad, _ONE, _ONE, 1,
-                                                    "leaky_relu", [slope], "")
-
-
-def conv_add_(acc: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, padding: int) -> torch.Tensor:
-    """acc += conv2d(x, weight, padding=padding), in place; returns acc."""
-    pad = [padding, padding]
-    return torch.ops.mkldnn._convolution_pointwise_.binary(acc, x, weight, None, pad, _ONE, _ONE, 1,
-                                                           "add", None, None, [], None)
-
-
 AVAILABLE = _self_check()
+
+
+def usable(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """True when the fused ops can compute this forward of `weight` on x (see module docstring)."""
+    return (AVAILABLE and x.device.type == "cpu" and x.dtype == torch.float32 and weight.dtype == torch.float32
+            and not torch.is_grad_enabled() and not torch.is_autocast_enabled("cpu"))

@@ -53,7 +53,7 @@ class ResidualDenseBlock(nn.Module):
         return self.conv5(torch.cat(feats, 1)) * 0.2 + x
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if fused.usable(x) and self.conv1.weight.dtype == torch.float32:
+        if fused.usable(x, self.conv1.weight):
             return self.forward_fused(x)
         return self.forward_stacked(x)
 

@@ -49,7 +49,8 @@ def available_bytes(device: torch.device | str) -> int:
     return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
-def _rss_bytes() -> int:
+def rss_bytes() -> int:
+    """Resident memory of this process now."""
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
@@ -70,13 +71,13 @@ def peak_extra_bytes(fn, device: torch.device | str) -> int:
         fn()
         torch.cuda.synchronize(dev)
         return max(0, torch.cuda.max_memory_allocated(dev) - before)
-    before = _rss_bytes()
+    before = rss_bytes()
     peak = [before]
     done = threading.Event()
 
     def sample() -> None:
         while not done.is_set():
-            peak[0] = max(peak[0], _rss_bytes())
+            peak[0] = max(peak[0], rss_bytes())
             time.sleep(0.001)
 
     t = threading.Thread(target=sample, daemon=True)
@@ -86,7 +87,7 @@ def peak_extra_bytes(fn, device: torch.device | str) -> int:
     finally:
         done.set()
         t.join()
-    return max(0, max(peak[0], _rss_bytes()) - before)
+    return max(0, max(peak[0], rss_bytes()) - before)
 
 
 def fit_batch(requested: int, per_face: int, available: int, fraction: float = USABLE_FRACTION) -> int:

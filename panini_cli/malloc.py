@@ -3,9 +3,9 @@
 glibc gives every allocation above its mmap threshold (dynamic, 128 KiB-32 MiB) its
 own mmap and unmaps it on free, and trims the heap top back to the OS: each forward
 pass then page-faults its whole working set in again. With the threshold and the
-trim threshold raised, freed activations are reused: an MFR forward went from
-7.9 s to 4.5 s here, at the cost of a higher peak RSS (1385 -> 1553 MiB in the same
-benchmarks/forward.py run; 1.4-1.7 GiB over repeated runs). These settings are read when the
+trim threshold raised, freed activations are reused: an MFR forward takes 2.97-3.09 s
+here against 3.55-4.42 s without, peak RSS 1294-1304 MiB against 1194-1301 MiB
+(benchmarks/forward.py, tuned and default configs in the same runs). These settings are read when the
 process starts, hence the re-exec. Opt out with PANINI_MALLOC=default; settings the
 user made (MALLOC_*_ or GLIBC_TUNABLES) are left alone.
 """

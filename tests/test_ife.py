@@ -40,7 +40,7 @@ def test_fused_dense_block_matches_reference(ch, growth, batch, channels_last):
     if channels_last:
         block, x = block.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
     with torch.inference_mode():
-        assert fused.usable(x)
+        assert fused.usable(x, block.conv1.weight)
         fast = block.forward_fused(x)
         ref = block.forward_ref(x)
     torch.testing.assert_close(fast, ref, rtol=1e-5, atol=1e-5)
@@ -48,11 +48,12 @@ def test_fused_dense_block_matches_reference(ch, growth, batch, channels_last):
 
 
 def test_fused_path_only_where_it_applies():
-    """Training, autocast and float64 take the stacked path (the fused ops have no autograd)."""
-    x = torch.randn(1, 4, 8, 8)
-    assert not fused.usable(x)                      # grad mode on
+    """Training, autocast, float64 and non-fp32 weights take the stacked path (the fused ops have no autograd)."""
+    x, w = torch.randn(1, 4, 8, 8), torch.randn(4, 4, 3, 3)
+    assert not fused.usable(x, w)                   # grad mode on
     with torch.no_grad():
-        assert fused.usable(x) == fused.AVAILABLE
-        assert not fused.usable(x.double())
+        assert fused.usable(x, w) == fused.AVAILABLE
+        assert not fused.usable(x.double(), w)
+        assert not fused.usable(x, w.bfloat16())
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            assert not fused.usable(x)
+            assert not fused.usable(x, w)
