@@ -311,7 +311,7 @@ class FrameReader:
 class Encoding:
     codec: str = "libx264"
     crf: int | None = 18
-    preset: str | None = "medium"
+    preset: str | None = "veryfast"
     pix_fmt: str = "yuv420p"
 
     def output_params(self, info: VideoInfo) -> list[str]:

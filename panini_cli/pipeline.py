@@ -123,19 +123,27 @@ class Preparer:
 
 
 def run(jobs: Iterable[tuple[Path, Path]], preparer: Preparer, restorer, variants: list[dict],
-        batch_size: int = 4, workers: int = 2, prefetch: int = 8) -> Iterator[Prepared]:
+        batch_size: int = 4, workers: int = 2, prefetch: int = 8, streams: int = 1) -> Iterator[Prepared]:
     """Yield every job as a Prepared, in input order, with each face's results filled in.
 
     `variants` are keyword sets for the restorer (e.g. [{}] for restore, or one
     mask bias each for edit); face.results[i] belongs to variants[i]. Files are
     prepared `prefetch` ahead by `workers` threads while the model runs.
+
+    `streams` > 1 runs that many batches through the model at once, each in its own
+    thread (torch releases the GIL inside its ops). On a CPU, S streams of one torch
+    thread each keep S cores busy with no barrier between them, where one stream of S
+    threads idles cores at every small op, and a core that the decoder or the tracker
+    takes for a moment stalls only one stream (commands/video.py cpu_streams).
     """
     jobs = iter(jobs)
     pending: deque[Future] = deque()
     ready: deque[Prepared] = deque()             # prepared, waiting for their faces' results
     queue: list[tuple[Prepared, FaceCrop]] = []  # faces not yet run
+    running: deque[Future] = deque()             # batches in the model (streams > 1)
 
-    with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="prepare") as pool:
+    with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="prepare") as pool, \
+            ThreadPoolExecutor(max_workers=max(1, streams), thread_name_prefix="model") as model_pool:
         def refill():
             while len(pending) < prefetch:
                 try:
@@ -147,6 +155,17 @@ def run(jobs: Iterable[tuple[Path, Path]], preparer: Preparer, restorer, variant
         def flush(n: int):
             batch, rest = queue[:n], queue[n:]
             queue[:] = rest
+            if streams <= 1:
+                run_batch(batch)
+                return
+            while len(running) >= streams:
+                running.popleft().result()           # raises what the model raised
+            running.append(model_pool.submit(run_batch, batch))
+
+        def done(face: FaceCrop) -> bool:
+            return len(face.results) == len(variants)
+
+        def run_batch(batch):
             t = time.perf_counter()
             vdrs = [face.vdr for _, face in batch]
             given = {} if all(v is None for v in vdrs) else {"vdr": np.stack(vdrs)}  # all or none have one
@@ -169,7 +188,11 @@ def run(jobs: Iterable[tuple[Path, Path]], preparer: Preparer, restorer, variant
                     flush(batch_size)
             else:
                 flush(len(queue))
-            while ready and all(len(f.results) == len(variants) for f in ready[0].faces):
+            while running and running[0].done():
+                running.popleft().result()
+            while ready and all(done(f) for f in ready[0].faces):
                 yield ready.popleft()
+        while running:
+            running.popleft().result()
         while ready:
             yield ready.popleft()

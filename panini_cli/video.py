@@ -45,7 +45,7 @@ class Settings:
     duration: float | None = None
     smooth: float = 2.0
     smooth_vdr: float = 0.0          # vdr_smoothing: EMA time constant in frames, 0 = off
-    detect_every: int = 5
+    detect_every: int | None = None   # None: once a second (and at every scene cut)
     chunk_frames: int = 250
     landmarks: str = "68"
     min_face: float = 16.0
@@ -54,11 +54,12 @@ class Settings:
 
 
 def restore_video(src: Path, out: Path, settings: Settings, restorer, model_id: str, detector,
-                  batch_size: int = 1, resume: bool = True, events=None, workers=None) -> dict:
+                  batch_size: int = 1, resume: bool = True, events=None, workers=None, streams: int = 1) -> dict:
     """Restore every frame of `src` into `out`. `events(kind, **data)` hears: note, start, frame.
 
     `workers` (video_workers.Workers) spreads the chunks over one process per device;
-    `restorer` is then unused. Raises VideoError; on a damaged input the frames that could
+    `restorer` is then unused. `streams` batches run through the model at once (pipeline.run).
+    Raises VideoError; on a damaged input the frames that could
     be decoded are written (summary["error"] says what happened). Interrupted runs leave
     their finished chunks.
     """
@@ -85,7 +86,7 @@ def restore_video(src: Path, out: Path, settings: Settings, restorer, model_id: 
             if done:
                 events("note", text=f"resuming: {done} finished chunk(s), {skip} frames, kept from the last run")
             total, decode_error, chunks = _restore_chunks(src, partial, info, s, restorer, detector, batch_size,
-                                                          done, state, skip, expected, events)
+                                                          done, state, skip, expected, events, streams)
         else:
             from .video_workers import restore_chunks
             total, decode_error, chunks, resumed = restore_chunks(src, partial, info, s, workers, detector,
@@ -107,6 +108,15 @@ def restore_video(src: Path, out: Path, settings: Settings, restorer, model_id: 
             "error": error}
 
 
+def make_tracker(s: Settings, detector, fps: float):
+    """The face tracker for these settings; the whole-frame search runs every `detect_every`
+    frames, by default once a second of video (tracking.py says why not every frame)."""
+    from .tracking import FaceTracker
+
+    every = s.detect_every or max(1, round(fps))
+    return FaceTracker(detector, s.landmarks, every, max(2, every), s.min_face, s.max_faces)
+
+
 def open_reader(src: Path, partial: Partial, info: VideoInfo, s: Settings, skip: int, done: int) -> FrameReader:
     """The frame reader from frame `skip`, after checking the encoder takes its frame size; a
     failure removes a partial folder that holds no finished chunk."""
@@ -123,14 +133,15 @@ def open_reader(src: Path, partial: Partial, info: VideoInfo, s: Settings, skip:
     return reader
 
 
-def _restore_chunks(src, partial, info, s, restorer, detector, batch_size, done, state, skip, expected, events):
+def _restore_chunks(src, partial, info, s, restorer, detector, batch_size, done, state, skip, expected, events,
+                    streams=1):
     """This process decodes, tracks, restores and encodes; returns (frames, decode error, chunks)."""
     from . import pipeline
-    from .tracking import END, FaceTracker, FramePreparer
+    from .tracking import END, FramePreparer
     from .vdr_smoothing import smoother_for
 
     reader = open_reader(src, partial, info, s, skip, done)
-    tracker = FaceTracker(detector, s.landmarks, s.detect_every, max(2, s.detect_every), s.min_face, s.max_faces)
+    tracker = make_tracker(s, detector, float(info.fps))
     preparer = FramePreparer(iter(reader), tracker, restorer.in_size, s.smooth, src, s.chunk_frames, state,
                              smoother_for(restorer.model, s.smooth_vdr, restorer.device))
     writer = ChunkWriter(partial, info, reader.size, s.encoding, s.chunk_frames, done, restorer.in_size,
@@ -141,7 +152,7 @@ def _restore_chunks(src, partial, info, s, restorer, detector, batch_size, done,
         while not preparer.finished:
             yield src, Path("frame")
     items = pipeline.run(jobs(), preparer, restorer, [{}], batch_size=batch_size, workers=1,
-                         prefetch=max(4, batch_size + 2))
+                         prefetch=max(4, streams * batch_size + 2), streams=streams)
     try:
         for item in items:
             if item.rel != Path(END):

@@ -29,7 +29,7 @@ import cv2
 import numpy as np
 
 from .ffmpeg_io import FrameReader, VideoError, VideoInfo
-from .video import Settings, open_reader
+from .video import Settings, make_tracker, open_reader
 from .video_chunks import ChunkWriter, Partial, _read_json, _write_json
 
 _POLL = 0.05          # s between looks for a plan
@@ -132,7 +132,6 @@ def restore_chunks(src: Path, partial: Partial, info: VideoInfo, s: Settings, wo
     """Plan here, restore in the workers; returns (frames, decode error, chunks, chunks kept from before)."""
     from panini_models import sharding
 
-    from .tracking import FaceTracker
     from .vdr_smoothing import smoother_for
 
     kept = [c for c in _numbered(partial, "chunk_") if c >= done and partial.finished(c)]
@@ -140,7 +139,7 @@ def restore_chunks(src: Path, partial: Partial, info: VideoInfo, s: Settings, wo
         events("note", text=f"resuming: {done + len(kept)} finished chunk(s), "
                             f"{skip + partial_frames(partial, kept)} frames, kept from the last run")
     reader = open_reader(src, partial, info, s, skip, done)
-    tracker = FaceTracker(detector, s.landmarks, s.detect_every, max(2, s.detect_every), s.min_face, s.max_faces)
+    tracker = make_tracker(s, detector, float(info.fps))
     planner = Planner(partial, reader, tracker, workers.in_size, s, src, done, state,
                       smoother_for(workers, s.smooth_vdr, workers.devices[0]))
     events("start", total=expected, done=skip + partial_frames(partial, kept))

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from panini_cli.commands import video as video_command
 from videoclips import WORKER_ARGS, cli, json_of, need_clip, run, summary_of, yuv_frames
 
 
@@ -73,7 +74,8 @@ VDR_ARGS = [*WORKER_ARGS, "--smooth-vdr", "3"]
 
 def recorded_run(monkeypatch, *args, stop_after: int | None = None):
     """Run `panini video` in this process; returns (result, the vDRs and thetas the model used, in order).
-    stop_after=N: interrupt (as Ctrl-C) at face N+1, once the first two chunks are on disk."""
+    stop_after=N: interrupt (as Ctrl-C) at face N+1, once the first two chunks are on disk.
+    One model stream, so the calls come in frame order."""
     from panini_models.restorer import Restorer
     used, call = [], Restorer.__call__
 
@@ -91,6 +93,7 @@ def recorded_run(monkeypatch, *args, stop_after: int | None = None):
 
     with monkeypatch.context() as m:
         m.setattr(Restorer, "__call__", hooked)
+        m.setattr(video_command, "cpu_streams", lambda in_size, cores: (1, 1))   # calls in frame order
         res = run(*args)
     return res, np.array([v for v, _ in used]), np.array([t for _, t in used])
 

@@ -33,15 +33,18 @@ def video(
     duration: Optional[str] = typer.Option(None, "--duration", "-t", help="Restore only this long (seconds, mm:ss or hh:mm:ss)."),
     codec: str = typer.Option("libx264", "--codec", help="Video encoder (libx264, libx265, libvpx-vp9, libsvtav1, ...)."),
     crf: int = typer.Option(18, "--crf", help="Quality for x264/x265/vp9/av1 (lower is better; 18 is near transparent)."),
-    preset: str = typer.Option("medium", "--preset", help="x264/x265 speed preset (ultrafast ... veryslow)."),
+    preset: str = typer.Option("veryfast", "--preset", help="x264/x265 speed preset (ultrafast ... veryslow; "
+                                                            "medium: ~1 dB better at CRF 18, 3x the encoding time)."),
     pix_fmt: str = typer.Option("yuv420p", "--pix-fmt", help="Output pixel format (yuv420p plays everywhere)."),
     smooth: float = typer.Option(2.0, "--smooth", help="Landmark smoothing along each face track: Gaussian sigma "
                                                        "in frames, centred (no lag); 0 = off."),
     smooth_vdr: float = typer.Option(0.0, "--smooth-vdr", help="Smooth each face's degradation vector (vDR, which "
                                                                "sets the DAFI masks) along its track: moving-average "
                                                                "time constant in frames (causal); 0 = off."),
-    detect_every: int = typer.Option(5, "--detect-every", help="Search the whole frame for new faces every N frames "
-                                                               "(known faces are tracked every frame)."),
+    detect_every: Optional[int] = typer.Option(None, "--detect-every", help="Search the whole frame for new faces "
+                                                                         "every N frames (default: once a second); "
+                                                                         "also at every scene cut. Known faces are "
+                                                                         "tracked every frame.", show_default=False),
     chunk_frames: int = typer.Option(250, "--chunk-frames", help="Frames per chunk; an interrupted run resumes "
                                                                  "from the last finished chunk."),
     resume: bool = typer.Option(True, "--resume/--restart", help="Continue an interrupted run of the same "
@@ -86,7 +89,7 @@ def video(
             raise OSError("permission denied")
     except OSError as e:
         fail(f"{out.parent}: output folder is not writable ({getattr(e, 'strerror', None) or e})")
-    if detect_every < 1 or chunk_frames < 1 or smooth < 0 or smooth_vdr < 0:
+    if (detect_every is not None and detect_every < 1) or chunk_frames < 1 or smooth < 0 or smooth_vdr < 0:
         fail("--detect-every and --chunk-frames must be >= 1, --smooth and --smooth-vdr >= 0")
     try:
         settings = vid.Settings(start=vid.parse_time(start) or 0.0, duration=vid.parse_time(duration),
@@ -102,27 +105,41 @@ def video(
 
     devices = resolve_devices(device, gpu, gpus, cpu_workers)
     threads = torch.get_num_threads()
-    if devices == ["cpu"] and _light_model(model, precision):
-        # a light model: leave a core to decoding, tracking and encoding, which run beside it
-        # (small model, 2 cores: 5.3 frames/s against 4.8 with both threads on the model)
-        torch.set_num_threads(max(1, threads - 1))
+    streams = 1
+    if devices == ["cpu"]:
+        streams, per_stream = cpu_streams(_in_size(model, precision), threads)
+        torch.set_num_threads(per_stream)
     try:
         _run(src, out, note, settings, model, devices, precision, landmarks, batch_size, resume, quiet,
-             json_summary)
+             json_summary, streams)
     finally:
         torch.set_num_threads(threads)          # in-process callers (tests) get theirs back
 
 
-def _light_model(model: str, precision: str) -> bool:
-    """Faces of at most 128 px in: the per-frame work beside the model (decode, track, encode,
-    ~80 ms a frame here) is comparable to a forward, so it gets a core of its own. A 512 px
-    model spends seconds per face: all cores go to it (see benchmarks/video.py)."""
+def cpu_streams(in_size: int, cores: int) -> tuple[int, int]:
+    """(model streams, torch threads per stream) for a video on `cores` CPU cores.
+
+    A light model (faces of at most 128 px in) spends ~0.1 s per face, so decoding,
+    tracking and encoding (~25 ms a frame) take a real share of the CPU beside it, and
+    one stream over all cores idles them at every small op and stalls whenever a
+    core is busy with a frame. Up to 4 batches in flight, one per core group, fill
+    the gaps (2 cores, small model: 12 frames/s against 7 for one 2-thread stream;
+    benchmarks/video.py). A 512 px model spends seconds per face: one stream, all cores.
+    """
+    if in_size > 128 or cores < 2:
+        return 1, max(1, cores)
+    streams = min(cores, 4)
+    return streams, max(1, cores // streams)
+
+
+def _in_size(model: str, precision: str) -> int:
     from ..modelopts import load_restorer
 
-    return load_restorer(model, "cpu", precision).in_size <= 128
+    return load_restorer(model, "cpu", precision).in_size
 
 
-def _run(src, out, note, settings, model, devices, precision, landmarks, batch_size, resume, quiet, json_summary):
+def _run(src, out, note, settings, model, devices, precision, landmarks, batch_size, resume, quiet, json_summary,
+         streams=1):
     from .. import video as vid
     from ..modelopts import batch_size_that_fits, check_model, default_batch_size, load_restorer, make_preparer
 
@@ -170,7 +187,7 @@ def _run(src, out, note, settings, model, devices, precision, landmarks, batch_s
     try:
         with progress:
             summary = vid.restore_video(src, out, settings, restorer, model_id, detector, batch_size=bs,
-                                        resume=resume, events=events, workers=workers)
+                                        resume=resume, events=events, workers=workers, streams=streams)
     except vid.VideoError as e:
         fail(str(e))
     except KeyboardInterrupt:
