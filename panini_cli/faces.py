@@ -277,9 +277,14 @@ def paste_back(image: np.ndarray, restored_face: np.ndarray, affine: np.ndarray,
         return out
     m[:, 2] += m[:, :2] @ [x0, y0]                          # output ROI pixel -> face pixel
     size = (x1 - x0, y1 - y0)
-    face = _warp(restored_face, m, size, cv2.BORDER_REPLICATE).astype(np.float32)
     weight = cv2.warpAffine(soft_mask(r, feather, margin), m, size, flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
-                            borderMode=cv2.BORDER_CONSTANT, borderValue=0)[..., None]
+                            borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+    if out.dtype == np.uint8 and restored_face.dtype == np.uint8:      # the common case, in OpenCV: ~2x faster
+        face = _warp(restored_face, m, size, cv2.BORDER_REPLICATE)
+        out[y0:y1, x0:x1] = cv2.blendLinear(face, out[y0:y1, x0:x1], weight, 1 - weight)
+        return out
+    face = _warp(restored_face, m, size, cv2.BORDER_REPLICATE).astype(np.float32)
+    weight = weight[..., None]
     if out.dtype == np.uint16 and restored_face.dtype == np.uint8:
         face *= 257.0
     roi = out[y0:y1, x0:x1].astype(np.float32)
