@@ -119,12 +119,13 @@ def video(
 def cpu_streams(in_size: int, cores: int) -> tuple[int, int]:
     """(model streams, torch threads per stream) for a video on `cores` CPU cores.
 
-    A light model (faces of at most 128 px in) spends ~0.1 s per face, so decoding,
-    tracking and encoding (~25 ms a frame) take a real share of the CPU beside it, and
-    one stream over all cores idles them at every small op and stalls whenever a
-    core is busy with a frame. Up to 4 batches in flight, one per core group, fill
-    the gaps (2 cores, small model: 12 frames/s against 7 for one 2-thread stream;
-    benchmarks/video.py). A 512 px model spends seconds per face: one stream, all cores.
+    A light model (faces of at most 128 px in) spends ~0.1 s of CPU per face, and the
+    work beside it (decode, track, paste, encode: ~40 ms a frame) takes a real share of
+    the CPU; one stream over all cores idles them at every small op and stalls whenever
+    a core is busy with a frame. Up to 4 batches in flight, one per core group, fill the
+    gaps: on 2 cores the small model ran at 9.1 frames/s with 2 streams of 1 thread,
+    against 6.9 with 1 stream of 2 and 6.0 with 1 stream of 1 (same clip and settings).
+    A 512 px model spends seconds per face: one stream, all cores.
     """
     if in_size > 128 or cores < 2:
         return 1, max(1, cores)
