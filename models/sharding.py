@@ -49,6 +49,17 @@ def all_reduce_counts(counts: dict[str, float]) -> dict[str, float]:
     return dict(zip(keys, t.cpu().tolist()))
 
 
+def close_distributed() -> None:
+    """Leave the process group before exit: left to interpreter shutdown, gloo's threads can
+    still be running when their owner is destroyed, and the process aborts ("terminate
+    called without an active exception", exit -6) after its work is done."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def init_distributed() -> bool:
     """Join the torchrun process group if MASTER_ADDR is set (gloo on CPU, NCCL with CUDA)."""
     import torch

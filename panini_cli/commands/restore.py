@@ -109,6 +109,7 @@ def restore(
     stats["seconds"] = round(time.perf_counter() - t_start, 3)
     if world > 1 and sharding.init_distributed():
         stats = {k: (int(v) if k != "seconds" else v) for k, v in sharding.all_reduce_counts(stats).items()}
+        sharding.close_distributed()
     if rank == 0:
         _summary(stats, out_dir, quiet, json_summary)
     raise typer.Exit(1 if stats["failed"] else 0)
