@@ -63,6 +63,15 @@ def _patch(bgr: np.ndarray, lm5: np.ndarray) -> np.ndarray:
     return p / (np.linalg.norm(p) + 1e-6)
 
 
+def _thumbnail(bgr: np.ndarray) -> np.ndarray:
+    """The frame's 32x32 grey thumbnail. Every s-th pixel first (a view, ~128 px on the short
+    side): grey-converting and area-shrinking a whole 1080p frame took 6.8 ms, this 0.4 ms,
+    and the cuts it tells on the test clips are the same."""
+    s = max(1, min(bgr.shape[:2]) // 128)
+    grey = cv2.cvtColor(bgr[::s, ::s], cv2.COLOR_BGR2GRAY)
+    return cv2.resize(grey, (_THUMB, _THUMB), interpolation=cv2.INTER_AREA).astype(np.float32)
+
+
 @dataclass
 class Track:
     id: int
@@ -134,8 +143,7 @@ class FaceTracker:
         """Update the tracks with frame `index`; returns (track id, face) for the faces in it."""
         if self._hog is None:
             self._load()
-        thumb = cv2.resize(cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY), (_THUMB, _THUMB),
-                           interpolation=cv2.INTER_AREA).astype(np.float32)
+        thumb = _thumbnail(bgr)
         cut = self.thumb is not None and float(np.abs(thumb - self.thumb).mean()) > self.cut_threshold
         self.thumb = thumb
         if cut:

@@ -107,7 +107,9 @@ def video(
     threads = torch.get_num_threads()
     streams = 1
     if devices == ["cpu"]:
-        streams, per_stream = cpu_streams(_in_size(model, precision), threads)
+        from ..modelopts import load_restorer        # cached: _run gets this same one
+
+        streams, per_stream = cpu_streams(load_restorer(model, "cpu", precision).in_size, threads)
         torch.set_num_threads(per_stream)
     try:
         _run(src, out, note, settings, model, devices, precision, landmarks, batch_size, resume, quiet,
@@ -131,12 +133,6 @@ def cpu_streams(in_size: int, cores: int) -> tuple[int, int]:
         return 1, max(1, cores)
     streams = min(cores, 4)
     return streams, max(1, cores // streams)
-
-
-def _in_size(model: str, precision: str) -> int:
-    from ..modelopts import load_restorer
-
-    return load_restorer(model, "cpu", precision).in_size
 
 
 def _run(src, out, note, settings, model, devices, precision, landmarks, batch_size, resume, quiet, json_summary,
