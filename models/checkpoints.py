@@ -351,4 +351,5 @@ def load_panini(path) -> PaniniNet:
     if str(path).endswith(".safetensors"):
         from . import vdr_stats
         model.vdr_stats = vdr_stats.from_metadata(_)      # training vDR statistics, when the file has them
+        model.gate = json.loads(_["gate"]) if _.get("gate") else None   # the do-no-harm check's fit
     return model

@@ -42,6 +42,7 @@ class Restorer:
         self.out_size = model.config.out_size
         self.config = model.config
         self.vdr_stats = getattr(model, "vdr_stats", None)
+        self.gate = getattr(model, "gate", None)        # panini_cli.guard's calibrated check, if any
 
     def __call__(self, crops: list[np.ndarray], *, mask_bias=None, blocks=None, zero_gan: bool = False,
                  zero_img: bool = False, vdr=None) -> list[FaceResult]:
@@ -60,8 +61,8 @@ class Restorer:
         out = runtime.forward(self.model, x, self.precision, mask_bias=mask_bias, blocks=blocks,
                               zero_gan=zero_gan, zero_img=zero_img, return_aux=True, vdr=vdr)
         images = tensor_to_bgr(out.image)
-        thetas = out.thetas.float().cpu().numpy() if out.mask_gan else None
-        vdr = out.vdr.float().cpu().numpy() if out.vdr is not None else None
+        thetas = out.thetas.detach().float().cpu().numpy() if out.mask_gan else None
+        vdr = out.vdr.detach().float().cpu().numpy() if out.vdr is not None else None   # SR: a learned constant
         ood = [None] * len(images)
         if self.vdr_stats is not None and vdr is not None:
             from .vdr_stats import distance

@@ -16,11 +16,22 @@ from . import images
 ALPHA_EXTENSIONS = (".png", ".webp", ".tif", ".tiff")
 
 
-def compose(item, variant: int, aligned: bool, upscale: float | None, in_size: int) -> images.Image:
-    """The output picture of one Prepared item for results[variant] of each face."""
+def compose(item, variant: int, aligned: bool, upscale: float | None, in_size: int,
+            pasted: list | None = None) -> images.Image:
+    """The output picture of one Prepared item for results[variant] of each face.
+
+    `pasted` (guard.judge_item) gives per face the image to paste, or None to leave
+    the input's face as it was; by default every face's result is pasted."""
     img = item.image
+    if pasted is None:
+        pasted = [face.results[variant].image for face in item.faces]
     if aligned:
-        canvas = item.faces[0].results[variant].image
+        canvas = pasted[0]
+        if canvas is None:                  # left as it was: the input itself, at the output's size
+            canvas = images.to_bgr(img)
+            out = item.faces[0].results[variant].image.shape[0]
+            if upscale is None and canvas.shape[:2] != (out, out):
+                canvas = cv2.resize(canvas, (out, out), interpolation=cv2.INTER_CUBIC)
         if upscale is not None:
             size = (round(img.width * upscale), round(img.height * upscale))
             interp = cv2.INTER_AREA if size[0] < canvas.shape[1] else cv2.INTER_CUBIC
@@ -32,9 +43,9 @@ def compose(item, variant: int, aligned: bool, upscale: float | None, in_size: i
     if scale != 1.0:
         canvas = cv2.resize(base, (round(img.width * scale), round(img.height * scale)),
                             interpolation=cv2.INTER_CUBIC if scale > 1 else cv2.INTER_AREA)
-    for face in item.faces:
-        canvas = facelib.paste_back(base, face.results[variant].image, face.affine, scale,
-                                    crop_size=in_size, background=canvas)
+    for face, picture in zip(item.faces, pasted):
+        if picture is not None:
+            canvas = facelib.paste_back(base, picture, face.affine, scale, crop_size=in_size, background=canvas)
     return images.from_bgr(canvas, like=img)
 
 

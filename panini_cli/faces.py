@@ -92,14 +92,18 @@ class DlibDetector:
     Models load on first use. Images above `max_side` are searched on a shrunk copy
     (faster; landmarks still come from the full image). HOG's smallest face is ~80 px,
     so images under 1.5 MP are upsampled once (~40 px faces), unless `upsample` is set.
+    HOG misses faces cut by the image border, so the image is first padded by mirroring
+    by `pad` of its longer side; a face whose box centre lies in the padding is a mirror
+    image and is dropped.
     """
 
     def __init__(self, landmarks: str = "68", predictor_path: str | os.PathLike | None = None,
-                 upsample: int | None = None, max_side: int = 2048, min_score: float = 0.0):
+                 upsample: int | None = None, max_side: int = 2048, min_score: float = 0.0,
+                 pad: float = 0.0):
         if landmarks not in PREDICTOR_FILES:
             raise ValueError(f"landmarks must be '68' or '5', not {landmarks!r}")
         self.landmarks, self.predictor_path = landmarks, predictor_path
-        self.upsample, self.max_side, self.min_score = upsample, max_side, min_score
+        self.upsample, self.max_side, self.min_score, self.pad = upsample, max_side, min_score, pad
         self._dlib = self._hog = self._shape = None
 
     def _load(self) -> None:
@@ -122,6 +126,10 @@ class DlibDetector:
         if bgr8.dtype != np.uint8:
             raise TypeError("DlibDetector.detect expects an 8-bit image (use images.to_bgr8)")
         rgb = cv2.cvtColor(bgr8, cv2.COLOR_GRAY2RGB if bgr8.ndim == 2 else cv2.COLOR_BGR2RGB)
+        h0, w0 = rgb.shape[:2]
+        b = int(round(self.pad * max(h0, w0)))
+        if b:
+            rgb = cv2.copyMakeBorder(rgb, b, b, b, b, cv2.BORDER_REFLECT_101)
         h, w = rgb.shape[:2]
         f = min(1.0, self.max_side / max(h, w))
         small = rgb if f == 1.0 else cv2.resize(rgb, (max(1, round(w * f)), max(1, round(h * f))),
@@ -131,10 +139,12 @@ class DlibDetector:
         faces = []
         for r, score in zip(rects, scores):
             x0, y0, x1, y1 = ((np.array([r.left(), r.top(), r.right(), r.bottom()]) + 0.5) / f - 0.5)
+            if not (b <= (x0 + x1) / 2 < b + w0 and b <= (y0 + y1) / 2 < b + h0):
+                continue                                         # a mirror image in the padding
             rect = self._dlib.rectangle(*(int(round(v)) for v in (x0, y0, x1, y1)))
-            pts = np.array([(p.x, p.y) for p in self._shape(rgb, rect).parts()], np.float64)
+            pts = np.array([(p.x, p.y) for p in self._shape(rgb, rect).parts()], np.float64) - b
             lm5 = landmarks5_from_68(pts) if len(pts) == 68 else landmarks5_from_dlib5(pts)
-            faces.append(Face((float(x0), float(y0), float(x1), float(y1)), float(score), lm5,
+            faces.append(Face((float(x0 - b), float(y0 - b), float(x1 - b), float(y1 - b)), float(score), lm5,
                               pts if len(pts) == 68 else None))
         return sorted(faces, key=lambda fc: -fc.size)
 
@@ -183,13 +193,58 @@ def align_matrix(lm5: np.ndarray, size: int) -> np.ndarray:
 
 
 def align_face(bgr: np.ndarray, face: Face, size: int,
-               border: int = cv2.BORDER_REFLECT_101) -> tuple[np.ndarray, np.ndarray]:
+               inside: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Cut the FFHQ crop of `face` at size x size; returns (crop, image->crop affine).
 
-    Parts of the square outside the photo are mirrored, like FFHQ's reflect padding.
+    The one crop of the project: training crops (scripts/align_faces.py), restore,
+    video, inspect and edit all come through here, so the model sees at run time the
+    framing it was trained on, the fill outside the photo included (see cut_crop).
     """
     a = align_matrix(face.landmarks5, size)
-    return _warp(bgr, _invert(a), (size, size), border), a
+    return cut_crop(bgr, a, size, inside), a
+
+
+def cut_crop(bgr: np.ndarray, affine: np.ndarray, size: int, inside: np.ndarray | None = None) -> np.ndarray:
+    """The size x size crop for an image->crop `affine`, with the part outside the photo filled.
+
+    FFHQ's own script mirrors the photo there, then blurs it and fades it to the median
+    colour with distance from the photo, so mirrored eyes around a tight portrait never
+    reach the model. `inside` (HxW, 1 = photo) marks more of the image as outside, e.g.
+    the black corners of a rotated chip; by default only what lies beyond the border is.
+    """
+    crop = _warp(bgr, _invert(affine), (size, size), cv2.BORDER_REFLECT_101)
+    if inside is None:
+        h, w = bgr.shape[:2]
+        back = _invert(affine)
+        q = np.array([[-0.5, -0.5], [size - 0.5, -0.5], [size - 0.5, size - 0.5], [-0.5, size - 0.5]])
+        corners = q @ back[:, :2].T + back[:, 2]
+        if corners.min() >= -0.5 and (corners[:, 0] <= w - 0.5).all() and (corners[:, 1] <= h - 0.5).all():
+            return crop                              # the square lies inside the photo: nothing to fill
+        inside = np.ones((h, w), np.float32)
+    warped = cv2.warpAffine(np.asarray(inside, np.float32), np.asarray(affine, np.float64)[:2], (size, size),
+                            flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+    return _fill_outside(crop, warped)
+
+
+def _fill_outside(crop: np.ndarray, inside: np.ndarray) -> np.ndarray:
+    """Blur the crop where `inside` < 0.5 and fade it to the photo's median colour over 15% of
+    the crop's side; the photo itself is kept as it is."""
+    size = crop.shape[0]
+    out_mask = inside < 0.5
+    if not out_mask.any():
+        return crop
+    dist = cv2.distanceTransform(out_mask.astype(np.uint8), cv2.DIST_L2, 5)
+    m = np.clip(dist / (0.15 * size), 0, 1)
+    if crop.ndim == 3:
+        m, out_mask = m[..., None], out_mask[..., None]
+    dtype, top = crop.dtype, (65535 if crop.dtype == np.uint16 else 255)
+    f = crop.astype(np.float32)
+    blurred = cv2.GaussianBlur(f, (0, 0), 0.04 * size)
+    f += (blurred - f) * np.clip(3 * m + out_mask, 0, 1)
+    photo = inside >= 0.5
+    median = np.median(f[photo], axis=0) if photo.any() else f.mean((0, 1))
+    f += (median - f) * m
+    return np.clip(f + 0.5, 0, top).astype(dtype)
 
 
 def _invert(m: np.ndarray) -> np.ndarray:

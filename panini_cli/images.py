@@ -235,13 +235,24 @@ def write_image(path, pixels: np.ndarray, alpha: np.ndarray | None = None, *, qu
     if fmt is None:
         raise ImageError(p, f"unsupported output format '{p.suffix or '(no extension)'}'; "
                             "use .png, .jpg, .webp, .tif or .bmp")
+    _check_target(p, protected, overwrite)
+    return write_bytes(p, encode_image(fmt, pixels, alpha, quality, p), protected=protected, overwrite=overwrite)
+
+
+def _check_target(p: Path, protected, overwrite: bool) -> None:
     if not isinstance(protected, ProtectedPaths):
         protected = ProtectedPaths(protected)
     if p in protected:
         raise ImageError(p, "refusing to overwrite an input file; choose another output folder or suffix")
     if not overwrite and p.exists():
         raise ImageError(p, "already exists (not overwriting)")
-    data = encode_image(fmt, pixels, alpha, quality, p)
+
+
+def write_bytes(path, data: bytes, *, protected: ProtectedPaths | Iterable = (), overwrite: bool = True) -> Path:
+    """Replace `path` by `data` atomically (write_image's second half; also copies an input that
+    comes out unchanged, byte for byte)."""
+    p = Path(path)
+    _check_target(p, protected, overwrite)
     tmp = None
     try:
         p.parent.mkdir(parents=True, exist_ok=True)

@@ -3,7 +3,17 @@ from __future__ import annotations
 
 import functools
 
+import typer
+
 from .console import err_console, fail
+
+# The do-no-harm options (guard.py) of every command that pastes faces: restore, video, edit.
+FORCE = typer.Option(False, "--force", help="Restore every face, also those the do-no-harm check would leave "
+                                           "as they were (the model is not expected to improve them).")
+STRENGTH = typer.Option(1.0, "--strength", min=0.0, max=1.0,
+                        help="Blend of the restored face with the input face: 1 = restored only, 0 = the input.")
+COLOUR = typer.Option(True, "--color-match/--no-color-match",
+                      help="Shift the restored face's mean colour to the input face's.")
 
 
 def resolve_device(device: str | None, gpu: int | None) -> str:
@@ -78,8 +88,18 @@ def batch_size_that_fits(restorer, requested: int | None) -> int:
     return plan.batch
 
 
+# Mirror padding before HOG (a tenth of the longer side), so faces cut by the border are found:
+# on 396 degraded held-out photos (benchmarks/quality.py's inputs) HOG found 378 faces
+# unpadded, 383 padded by 0.1, 373 by 0.2 (more padding, more mirror images competing). On
+# the shared whole photos and first video frames: 129, 131 (a wash: HOG's marginal faces
+# come and go with its grid). Video frames are searched unpadded: their faces rarely touch
+# the border, and the search runs every second.
+DETECT_PAD = 0.1
+
+
 def make_preparer(in_size: int, aligned: bool, landmarks: str = "68", only_center_face: bool = False,
-                  max_faces: int | None = None, min_face: float = 16.0, max_pixels: int | None = None):
+                  max_faces: int | None = None, min_face: float = 16.0, max_pixels: int | None = None,
+                  pad: float = DETECT_PAD):
     """The pipeline's decode/detect/align step; checks the face models load before any work."""
     import numpy as np
 
@@ -89,9 +109,9 @@ def make_preparer(in_size: int, aligned: bool, landmarks: str = "68", only_cente
     if not aligned:
         from .faces import DlibDetector, FaceModelError
         try:
-            DlibDetector(landmarks).detect(np.zeros((64, 64, 3), np.uint8))
+            DlibDetector(landmarks, pad=pad).detect(np.zeros((64, 64, 3), np.uint8))
         except (FaceModelError, ValueError) as e:
             fail(str(e))
-        make_detector = lambda: DlibDetector(landmarks)      # noqa: E731 - one per worker thread
+        make_detector = lambda: DlibDetector(landmarks, pad=pad)      # noqa: E731 - one per worker thread
     options = pipeline.FaceOptions(aligned, only_center_face, max_faces, min_face, max_pixels)
     return pipeline.Preparer(in_size, options, make_detector)

@@ -56,17 +56,37 @@ def clear_stale_temp_files(folder: Path) -> int:
     return n
 
 
+def output_stems(rels) -> dict[str, str]:
+    """The stem each input's outputs are named by: its own, or, where two inputs of one folder
+    share a stem (a.jpg, a.png), the stem with the input's extension (a_jpg, a_png), so
+    every input keeps its own outputs whatever --ext says."""
+    groups: dict[tuple, list[Path]] = {}
+    for rel in map(Path, rels):
+        groups.setdefault((str(rel.parent), rel.stem.casefold()), []).append(rel)
+    stems = {}
+    for members in groups.values():
+        for rel in members:
+            stems[str(rel)] = rel.stem if len(members) == 1 else f"{rel.stem}_{rel.suffix.lstrip('.').lower()}"
+    return stems
+
+
 class Layout:
-    def __init__(self, out_dir: Path, ext: str = "auto", suffix: str = ""):
+    """Output paths of a run; `rels` (every input of the run) lets colliding stems be told apart."""
+
+    def __init__(self, out_dir: Path, ext: str = "auto", suffix: str = "", rels=()):
         self.out_dir, self.ext, self.suffix = Path(out_dir), ext.lower().lstrip("."), suffix
+        self.stems = output_stems(rels)
+
+    def stem(self, rel: Path) -> str:
+        return self.stems.get(str(rel), Path(rel).stem)
 
     def image_path(self, rel: Path, src: Path, tag: str = "") -> Path:
         ext = src.suffix.lstrip(".").lower() if self.ext == "auto" else self.ext
-        return self.out_dir / "restored_imgs" / rel.parent / f"{rel.stem}{self.suffix}{tag}.{ext}"
+        return self.out_dir / "restored_imgs" / rel.parent / f"{self.stem(rel)}{self.suffix}{tag}.{ext}"
 
     def face_path(self, kind: str, rel: Path, index: int, tag: str = "") -> Path:
         folder = {"faces": "restored_faces", "crops": "cropped_faces", "cmp": "cmp"}[kind]
-        return self.out_dir / folder / rel.parent / f"{rel.stem}{self.suffix}{tag}_{index:02d}.png"
+        return self.out_dir / folder / rel.parent / f"{self.stem(rel)}{self.suffix}{tag}_{index:02d}.png"
 
 
 def side_by_side(crop: np.ndarray, restored: np.ndarray) -> np.ndarray:

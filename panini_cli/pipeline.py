@@ -31,6 +31,7 @@ class FaceCrop:
     box: tuple[float, float, float, float]
     results: list = field(default_factory=list)   # one FaceResult per variant
     vdr: np.ndarray | None = None     # a given degradation vector (video --smooth-vdr), else the DRE's
+    track: int | None = None          # video: the face track it belongs to (guard.TrackGuard)
 
 
 @dataclass

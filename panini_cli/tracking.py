@@ -285,7 +285,7 @@ class FramePreparer:
         for tid, face in faces.items():
             lm5 = self.smoothed(tid, index) if self.k else face.landmarks5
             crop, affine = facelib.align_face(frame, replace(face, landmarks5=lm5), self.in_size)
-            item.faces.append(FaceCrop(crop, affine, face.box))
+            item.faces.append(FaceCrop(crop, affine, face.box, track=tid))
         if self.vdr is not None:
             ahead = {t for _, _, f in self.buffer for t in f}
             vdrs = self.vdr.step(list(faces), [f.crop for f in item.faces], ahead)

@@ -51,6 +51,9 @@ class Settings:
     min_face: float = 16.0
     max_faces: int | None = None
     encoding: Encoding = field(default_factory=Encoding)
+    force: bool = False               # guard.GuardOptions: restore every face
+    strength: float = 1.0
+    colour: bool = True
 
 
 def restore_video(src: Path, out: Path, settings: Settings, restorer, model_id: str, detector,
@@ -101,9 +104,11 @@ def restore_video(src: Path, out: Path, settings: Settings, restorer, model_id: 
     warnings = assemble(partial, chunks, info, s.start, s.duration, total)
     for w in warnings:
         events("note", text=w)
-    faces = sum(_read_json(partial.record(c))["faces"] for c in range(chunks))
+    records = [_read_json(partial.record(c)) for c in range(chunks)]
+    faces, kept = sum(r["faces"] for r in records), sum(r.get("kept", 0) for r in records)
     shutil.rmtree(partial.dir, ignore_errors=True)
-    return {"input": str(src), "output": str(out), "frames": total, "faces": faces, "resumed_chunks": resumed,
+    return {"input": str(src), "output": str(out), "frames": total, "faces": faces, "faces_kept": kept,
+            "resumed_chunks": resumed,
             "fps": float(info.fps), "vfr": info.vfr, "audio_streams": len(info.audio), "warnings": warnings,
             "error": error}
 
@@ -115,6 +120,14 @@ def make_tracker(s: Settings, detector, fps: float):
 
     every = s.detect_every or max(1, round(fps))
     return FaceTracker(detector, s.landmarks, every, max(2, every), s.min_face, s.max_faces)
+
+
+def track_guard(s: Settings, restorer):
+    """The do-no-harm check for this video's face tracks (guard.TrackGuard)."""
+    from .guard import GuardOptions, TrackGuard
+
+    return TrackGuard(restorer.in_size, GuardOptions(s.force, s.strength, s.colour), restorer.gate,
+                      (restorer.vdr_stats or {}).get("threshold"))
 
 
 def open_reader(src: Path, partial: Partial, info: VideoInfo, s: Settings, skip: int, done: int) -> FrameReader:
@@ -145,7 +158,8 @@ def _restore_chunks(src, partial, info, s, restorer, detector, batch_size, done,
     preparer = FramePreparer(iter(reader), tracker, restorer.in_size, s.smooth, src, s.chunk_frames, state,
                              smoother_for(restorer.model, s.smooth_vdr, restorer.device))
     writer = ChunkWriter(partial, info, reader.size, s.encoding, s.chunk_frames, done, restorer.in_size,
-                         preparer.snapshots, on_frame=lambda n: events("frame", faces=n))
+                         preparer.snapshots, on_frame=lambda n: events("frame", faces=n),
+                         guard=track_guard(s, restorer))
     events("start", total=expected, done=skip)
 
     def jobs():

@@ -92,13 +92,14 @@ class ChunkWriter:
 
     def __init__(self, partial: Partial, info: VideoInfo, size: tuple[int, int], enc: Encoding,
                  chunk_frames: int, first_chunk: int, in_size: int, snapshots: dict, on_frame=None,
-                 maxsize: int = 4):
+                 maxsize: int = 4, guard=None):
         self.partial, self.info, self.size, self.enc = partial, info, size, enc
         self.chunk_frames, self.chunk, self.in_size = chunk_frames, first_chunk, in_size
+        self.guard = guard              # guard.TrackGuard: which faces to paste (None: all)
         self.snapshots, self.on_frame = snapshots, on_frame
         self.q: queue.Queue = queue.Queue(maxsize)
         self.error: BaseException | None = None
-        self._gen, self._n, self._faces, self._aborted = None, 0, 0, False
+        self._gen, self._n, self._faces, self._kept, self._aborted = None, 0, 0, 0, False
         self.params = enc.output_params(info)
         self._thread = threading.Thread(target=self._run, name="video-writer", daemon=True)
         self._thread.start()
@@ -126,7 +127,7 @@ class ChunkWriter:
             quality=None, codec=self.enc.codec, macro_block_size=1, ffmpeg_log_level="error",
             output_params=list(self.params))
         self._gen.send(None)
-        self._n = self._faces = 0
+        self._n = self._faces = self._kept = 0
 
     def _close(self) -> None:
         self._gen.close()
@@ -139,7 +140,8 @@ class ChunkWriter:
         os.replace(tmp, final)
         boundary = (self.chunk + 1) * self.chunk_frames
         _write_json(self.partial.record(self.chunk),
-                    {"frames": self._n, "faces": self._faces, "state": self.snapshots.pop(boundary, None)})
+                    {"frames": self._n, "faces": self._faces, "kept": self._kept,
+                     "state": self.snapshots.pop(boundary, None)})
         self.chunk += 1
 
     def _run(self) -> None:
@@ -153,12 +155,16 @@ class ChunkWriter:
                     elif self._gen is not None:
                         self._close()
                     return
-                frame = item.bgr8
-                for face in item.faces:
-                    frame = facelib.paste_back(item.bgr8, face.results[0].image, face.affine, 1,
-                                               crop_size=self.in_size, background=frame)
                 if self._gen is None:
                     self._open()
+                frame = item.bgr8
+                for face in item.faces:
+                    picture = face.results[0].image if self.guard is None else self.guard(item.bgr8, face)
+                    if picture is None:
+                        self._kept += 1
+                    else:
+                        frame = facelib.paste_back(item.bgr8, picture, face.affine, 1,
+                                                   crop_size=self.in_size, background=frame)
                 self._gen.send(np.ascontiguousarray(frame))
                 self._n += 1
                 self._faces += len(item.faces)

@@ -25,11 +25,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from .ffmpeg_io import FrameReader, VideoError, VideoInfo
-from .video import Settings, make_tracker, open_reader
+from .video import Settings, make_tracker, open_reader, track_guard
 from .video_chunks import ChunkWriter, Partial, _read_json, _write_json
 
 _POLL = 0.05          # s between looks for a plan
@@ -93,7 +92,7 @@ class Planner:
                 item = self.preparer(self.src, Path("frame"))
                 if item.rel == Path(END):
                     break
-                faces.append([[[float(v) for v in f.box], f.affine.tolist(), *([f.vdr.tolist()] if vdr else [])]
+                faces.append([[[float(v) for v in f.box], f.affine.tolist(), f.track, *([f.vdr.tolist()] if vdr else [])]
                               for f in item.faces])
                 if len(faces) == n:
                     self._write(c, faces)
@@ -194,6 +193,7 @@ def chunk_worker(device: str, job: ChunkJob, chunks):
     restorer = load_restorer(job.model, device, job.precision)
     bs = batch_size_that_fits(restorer, job.batch_size)
     s, partial, parent = job.settings, Partial(job.out), os.getppid()
+    guard = track_guard(s, restorer)            # one per process: tracks keep their decision across chunks
     reader, frames, position = None, None, 0
     try:
         for c in chunks:
@@ -208,7 +208,7 @@ def chunk_worker(device: str, job: ChunkJob, chunks):
                 frames = iter(reader)
             cut = PlannedFrames(frames, first, plan["faces"], restorer.in_size, job.src, parent)
             writer = ChunkWriter(partial, job.info, reader.size, s.encoding, s.chunk_frames, c, restorer.in_size,
-                                 {first + s.chunk_frames: plan["state"]})
+                                 {first + s.chunk_frames: plan["state"]}, guard=guard)
             items = pipeline.run(((job.src, Path("frame")) for _ in range(count)), cut, restorer, [{}],
                                  batch_size=bs, workers=1, prefetch=max(4, bs + 2))
             try:
@@ -258,6 +258,7 @@ class PlannedFrames:
         self.next, self.parent = first, parent
 
     def __call__(self, path, rel):
+        from . import faces as facelib
         from .pipeline import FaceCrop, Prepared
 
         _check_parent(self.parent)
@@ -269,16 +270,10 @@ class PlannedFrames:
         if index != self.next:
             raise VideoError(f"frame {self.next} could not be decoded again (got {index})")
         item = Prepared(self.path, Path(str(index)), bgr8=frame)
-        for box, affine, *vdr in self.faces[index - self.first]:
+        for box, affine, track, *vdr in self.faces[index - self.first]:
             a = np.array(affine, np.float64)
-            item.faces.append(FaceCrop(cut_crop(frame, a, self.in_size), a, tuple(box),
-                                       vdr=np.array(vdr[0], np.float32) if vdr else None))
+            item.faces.append(FaceCrop(facelib.cut_crop(frame, a, self.in_size), a, tuple(box),
+                                       vdr=np.array(vdr[0], np.float32) if vdr else None, track=track))
         self.next += 1
         return item
 
-
-def cut_crop(bgr: np.ndarray, affine: np.ndarray, size: int) -> np.ndarray:
-    """faces.align_face's crop for the affine it returned (same warp, same border)."""
-    from . import faces as facelib
-
-    return facelib._warp(bgr, facelib._invert(affine), (size, size), cv2.BORDER_REFLECT_101)

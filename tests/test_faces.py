@@ -311,3 +311,46 @@ def test_paste_onto_16bit_keeps_everything_else_exact(two_people):
     assert out.dtype == np.uint16 and w16.max() == 65535
     assert np.array_equal(out[w16 == 0], deep[w16 == 0])
     assert np.abs(out[w16 == 65535].astype(int) - deep[w16 == 65535]).mean() < 2 * 257
+
+
+def test_fill_outside_blurs_and_fades_what_the_photo_lacks():
+    """A tight portrait: the FFHQ square reaches past the photo. The crop keeps the photo's
+    pixels and fills the rest with no sharp mirrored copy (low gradient energy there)."""
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 256, (120, 120, 3), dtype=np.uint8)        # sharp texture everywhere
+    lm = np.array([[40, 50], [80, 50], [60, 70], [45, 90], [75, 90]], float)
+    crop, a = F.align_face(img, fake_face((0, 0, 120, 120), lm), 128)
+    mirrored, _ = F.align_face(img, fake_face((0, 0, 120, 120), lm), 128, inside=np.ones((120, 120), np.float32))
+    inside = cv2.warpAffine(np.ones((120, 120), np.float32), a, (128, 128), borderValue=0)
+    assert (inside < 0.5).mean() > 0.3                                 # the square does reach outside
+    core = cv2.erode((inside > 0.99).astype(np.uint8), np.ones((5, 5), np.uint8)) > 0
+    far = cv2.distanceTransform((inside < 0.5).astype(np.uint8), cv2.DIST_L2, 5) > 0.15 * 128
+    assert np.array_equal(crop[core], mirrored[core])                  # the photo itself is untouched
+    grad = np.abs(np.diff(crop.astype(np.float32), axis=1)).mean(-1)
+    assert grad[far[:, 1:]].mean() < 0.05 * grad[core[:, 1:]].mean()   # far outside: flat median colour
+    assert np.abs(crop[far].astype(float) - np.median(img.reshape(-1, 3), 0)).max() < 40
+
+
+@needs_shared
+@needs_dlib
+def test_training_script_and_restore_cut_the_same_crop(tmp_path):
+    """One crop: scripts/align_faces.py (training data) and restore's Preparer give the same
+    pixels for the same face of a tight portrait, the fill outside the photo included."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    import align_faces
+    from panini_cli import pipeline
+
+    img = photo("facerec_obama_480p.jpg")
+    face = F.DlibDetector("68", upsample=0).detect(img)[0]
+    x0, y0, x1, y1 = (int(v) for v in face.box)
+    tight = np.ascontiguousarray(img[max(0, y0 - 20):y1 + 20, max(0, x0 - 10):x1 + 10])  # face near every edge
+    src = tmp_path / "src"
+    src.mkdir()
+    cv2.imwrite(str(src / "tight.png"), tight)
+    (tmp_path / "out").mkdir()
+    assert align_faces._align_chunk([src / "tight.png"], tmp_path / "out", 64, 0.25) == []
+    trained = cv2.imread(str(tmp_path / "out" / "tight.png"))
+    prep = pipeline.Preparer(64, pipeline.FaceOptions(), lambda: F.DlibDetector("68", upsample=0, pad=0.25))
+    item = prep(src / "tight.png", Path("tight.png"))
+    assert item.error is None and len(item.faces) == 1
+    assert np.array_equal(item.faces[0].crop, trained)

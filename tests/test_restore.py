@@ -124,10 +124,11 @@ def test_whole_photos_faces_pasted_and_background_kept(model_file, tmp_path):
     noface = np.full((200, 300, 3), 120, np.uint8)
     cv2.imwrite(str(src / "wall.png"), noface)
     out = tmp_path / "out"
-    res = run(model_file, "--save", "cmp", src, out)
+    res = run(model_file, "--save", "cmp", "--force", src, out)        # random weights: past the check
     assert res.exit_code == 0, res.output
     recs = {r["path"].split("/")[-1]: r for r in records(out)}
     assert recs["two.jpg"]["faces"] == 2 and len(recs["two.jpg"]["theta"]) == 2
+    assert all(c["restored"] for c in recs["two.jpg"]["checks"])
     assert recs["wall.png"]["faces"] == 0
     assert np.array_equal(cv2.imread(str(out / "restored_imgs" / "wall.png")), noface)   # unchanged
     orig = cv2.imread(str(photo)).astype(int)
@@ -139,6 +140,7 @@ def test_whole_photos_faces_pasted_and_background_kept(model_file, tmp_path):
         w, h = x1 - x0, y1 - y0
         mask[max(0, int(y0 - h)): int(y1 + h), max(0, int(x0 - w)): int(x1 + w)] = False
     assert np.abs(restored - orig)[mask].mean() < 3.0
+    assert np.abs(restored - orig)[~mask].mean() > 3 * np.abs(restored - orig)[mask].mean()   # faces pasted
     assert len(list((out / "cmp").glob("two_*.png"))) == 2
 
 

@@ -37,6 +37,7 @@ def _ddp_worker(rank: int, world: int, port: int, data: str, run: str, args: lis
     start(load_config("dre", None, ["preset=small", f"model={json.dumps(TINY_MODEL)}", "batch_size=2",
                                     "total_steps=2", "num_workers=0", "val_every=0", "val_count=0", "queue=16",
                                     "tensorboard=false", "threads=1"]), data, run + "_dre")
+    torch.distributed.barrier()                 # no rank leaves while its peer is in a collective
     torch.distributed.destroy_process_group()
 
 

@@ -69,7 +69,7 @@ def test_vdr_smoothing_steadies_the_track_and_resumes_exactly():
     assert np.array_equal(np.array([it.faces[0].vdr for it in second]), smooth[20:])
 
 
-VDR_ARGS = [*WORKER_ARGS, "--smooth-vdr", "3"]
+VDR_ARGS = [*WORKER_ARGS, "--smooth-vdr", "3", "--force"]        # --force: random weights, past the check
 
 
 def recorded_run(monkeypatch, *args, stop_after: int | None = None):
@@ -115,7 +115,7 @@ def vdr_smoothed(model_file, tmp_path_factory):
 def test_smooth_vdr_steadies_the_vdr_and_masks_of_a_real_track(model_file, vdr_smoothed, tmp_path, monkeypatch):
     clip, frames, vdrs, thetas = vdr_smoothed
     res, raw, raw_thetas = recorded_run(monkeypatch, clip, "-o", tmp_path / "raw.mp4", "-m", model_file,
-                                        *WORKER_ARGS, "--json")
+                                        *WORKER_ARGS, "--json", "--force")   # random weights: past the check
     assert summary_of(res)["faces"] == 20 and len(raw) == 20
     step = lambda v: np.abs(np.diff(v, axis=0)).mean()       # noqa: E731 - one face per frame: its track
     np.testing.assert_allclose(vdrs[0], raw[0], rtol=1e-4, atol=1e-5)     # the average starts at the DRE's

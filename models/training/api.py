@@ -71,6 +71,8 @@ def start(cfg, data_dir, run_dir, *, resume: bool = False, prior=None, dre=None,
         finally:
             logger.close()
         result["notes"] = notes
+        if created:
+            dist.barrier(info)       # every rank done before the group goes (else a peer aborts at exit)
         return result
     finally:
         torch.set_num_threads(threads_before)

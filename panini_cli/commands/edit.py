@@ -7,6 +7,7 @@ from typing import List, Optional
 import typer
 
 from ..console import console, err_console, fail
+from ..modelopts import COLOUR, FORCE, STRENGTH
 
 
 def edit(
@@ -25,6 +26,9 @@ def edit(
     device: Optional[str] = typer.Option(None, "--device", help="cpu or cuda[:N]."),
     gpu: Optional[int] = typer.Option(None, "--gpu", help="Use CUDA device N."),
     precision: str = typer.Option("fp32", "--precision", help="fp32, bf16, fp16 (CUDA)."),
+    force: bool = FORCE,
+    strength: float = STRENGTH,
+    colour: bool = COLOUR,
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ) -> None:
     """One restored variant per mask bias, plus a labelled contact sheet per image.
@@ -33,7 +37,7 @@ def edit(
     [0, 1]; the image side gets one minus it (Eq. 7 keeps its form). Positive bias:
     more GAN prior (cleaner, less faithful); negative: more of the input.
     """
-    from .. import images, outputs, pipeline
+    from .. import guard, images, outputs, pipeline
     from ..compose import compose, write_picture
     from ..modelopts import load_restorer, make_preparer, resolve_device
 
@@ -65,6 +69,7 @@ def edit(
     for p in problems:
         err_console.print(f"[red]error:[/] {p}", soft_wrap=True)
     protected = images.ProtectedPaths(p for p, _ in jobs)
+    stems = outputs.output_stems(rel for _, rel in jobs)
     preparer = make_preparer(restorer.in_size, aligned, landmarks)
     written = 0
     for item in pipeline.run(jobs, preparer, restorer, variants):
@@ -75,16 +80,24 @@ def edit(
         if not item.faces:
             err_console.print(f"note: {item.path}: no face found; nothing to edit", soft_wrap=True)
             continue
-        pictures = []
+        pictures, reasons = [], []
+        check = guard.GuardOptions(force, strength, colour)
+        threshold = (restorer.vdr_stats or {}).get("threshold")
         for v, tag in enumerate(tags):
-            picture = compose(item, v, aligned, upscale, restorer.in_size)
-            target = out_dir / item.rel.parent / f"{item.rel.stem}{tag}.png"
+            pasted, verdicts = guard.judge_item(item, v, aligned, upscale, restorer.in_size, check, restorer.gate,
+                                                threshold)
+            reasons += [v.reason for v in verdicts if not v.restored]
+            picture = compose(item, v, aligned, upscale, restorer.in_size, pasted)
+            target = out_dir / item.rel.parent / f"{stems[str(item.rel)]}{tag}.png"
             write_picture(target, picture, protected)
             pictures.append(picture)
             written += 1
+        if reasons:
+            err_console.print(f"note: {item.path}: {len(reasons)} face variant(s) left as they were by the "
+                              f"do-no-harm check ({reasons[0]}); --force shows them", soft_wrap=True)
         sheet = contact_sheet([images.to_bgr8(p) for p in pictures],
                               [t.lstrip("_").replace("_", " ") for t in tags])
-        images.write_image(out_dir / item.rel.parent / f"{item.rel.stem}_sheet.png", sheet, protected=protected)
+        images.write_image(out_dir / item.rel.parent / f"{stems[str(item.rel)]}_sheet.png", sheet, protected=protected)
     if not quiet:
         console.print(f"{written} variants written to {out_dir}" + (f"; {failed} failed" if failed else ""))
     raise typer.Exit(1 if failed else 0)

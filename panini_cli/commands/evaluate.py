@@ -3,8 +3,10 @@
 Images are paired by relative path without extension (restored `a/b.png` <-> GT
 `a/b.jpg`), else by file stem when that stem is unique in GT_DIR. The metric protocol
 is documented in panini_models/training/metrics.py (8-bit, RGB by default, SSIM with
-an 11x11 Gaussian window, sigma 1.5). LPIPS, FID and identity similarity are not
-computed by this command (see the notes it prints).
+an 11x11 Gaussian window, sigma 1.5). Identity: dlib's face descriptor distance between
+the ground truth's face and the same region of the restored image (panini_cli/identity.py;
+the face is found on the ground truth, or the whole image is taken as an aligned crop when
+none is found); below 0.6 dlib calls them the same person. LPIPS and FID are not computed.
 """
 from __future__ import annotations
 
@@ -20,7 +22,6 @@ from ..console import console, err_console, fail
 NOT_COMPUTED = {
     "lpips": "not computed: needs ImageNet backbone weights, which no offline package ships",
     "fid": "not computed: needs Inception weights, which no offline package ships",
-    "identity": "not computed by this version (dlib's face-recognition ResNet would make it possible)",
 }
 
 
@@ -61,6 +62,7 @@ def evaluate(
                                                         "instead of failing on a size mismatch."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the results to this JSON file."),
     per_image: bool = typer.Option(True, "--per-image/--summary", help="Show one row per image."),
+    identity: bool = typer.Option(True, "--identity/--no-identity", help="Identity distance (dlib) per pair."),
 ) -> None:
     """PSNR and SSIM of restored faces against their ground truth (mean over matched pairs)."""
     import cv2
@@ -92,12 +94,16 @@ def evaluate(
                               f"{gt.shape[1]}x{gt.shape[0]} (use --resize)")
                 continue
             res = cv2.resize(res, (gt.shape[1], gt.shape[0]), interpolation=cv2.INTER_CUBIC)
-        rows.append({"name": name, "gt": str(gp), "psnr": psnr(res, gt, space), "ssim": ssim(res, gt, space)})
+        rows.append({"name": name, "gt": str(gp), "psnr": psnr(res, gt, space), "ssim": ssim(res, gt, space),
+                     **({"identity": identity_distance(res, gt)} if identity else {})})
     for e in errors:
         err_console.print(f"[red]error:[/] {e}", soft_wrap=True)
     if not rows:
         fail("no pair could be evaluated")
-    mean = {k: sum(r[k] for r in rows) / len(rows) for k in ("psnr", "ssim")}
+    mean = {k: sum(r[k] for r in rows) / len(rows) for k in ("psnr", "ssim", *(["identity"] if identity else []))}
+    if identity:
+        from ..identity import SAME_PERSON
+        mean["same_person"] = sum(r["identity"] < SAME_PERSON for r in rows) / len(rows)
     _print(rows, mean, space, per_image, lost, unused)
     if json_out:
         doc = {"space": space, "count": len(rows), "mean": {k: _num(v) for k, v in mean.items()},
@@ -108,18 +114,33 @@ def evaluate(
     raise typer.Exit(1 if errors else 0)
 
 
+def identity_distance(restored, gt) -> float:
+    """dlib descriptor distance between the ground truth's face and the same square of `restored`."""
+    from .. import faces as facelib
+    from ..identity import distance
+
+    found = facelib.DlibDetector("5").detect(gt)
+    if found:
+        a = facelib.align_matrix(found[0].landmarks5, 256)
+        return distance(facelib.cut_crop(gt, a, 256), facelib.cut_crop(restored, a, 256))
+    return distance(gt, restored)                     # no face found: an aligned crop
+
+
 def _print(rows, mean, space, per_image, lost, unused) -> None:
     from rich.table import Table
 
-    table = Table("image", f"PSNR ({space}) dB", "SSIM", title=f"{len(rows)} pairs")
+    from ..identity import SAME_PERSON
+
+    ident = "identity" in mean
+    table = Table("image", f"PSNR ({space}) dB", "SSIM", *(["identity dist"] if ident else []), title=f"{len(rows)} pairs")
     if per_image:
         for r in rows:
-            table.add_row(r["name"], f"{r['psnr']:.3f}", f"{r['ssim']:.4f}")
-    table.add_row("[bold]mean[/]", f"[bold]{mean['psnr']:.3f}[/]", f"[bold]{mean['ssim']:.4f}[/]")
+            table.add_row(r["name"], f"{r['psnr']:.3f}", f"{r['ssim']:.4f}", *([f"{r['identity']:.3f}"] if ident else []))
+    table.add_row("[bold]mean[/]", f"[bold]{mean['psnr']:.3f}[/]", f"[bold]{mean['ssim']:.4f}[/]",
+                  *([f"[bold]{mean['identity']:.3f}[/] ({mean['same_person']:.0%} < {SAME_PERSON})"] if ident else []))
     console.print(table)
     if lost:
         console.print(f"[yellow]{len(lost)} restored image(s) without ground truth[/], e.g. {lost[0]}")
     if unused:
         console.print(f"[yellow]{len(unused)} ground-truth image(s) without a restored image[/]")
-    console.print("LPIPS, FID and identity similarity: not computed (no offline backbone weights / not "
-                  "implemented here)")
+    console.print("LPIPS and FID: not computed (no offline package ships their backbone weights)")

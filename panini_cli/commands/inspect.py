@@ -30,6 +30,8 @@ def inspect(
     device: Optional[str] = typer.Option(None, "--device", help="cpu or cuda[:N]."),
     gpu: Optional[int] = typer.Option(None, "--gpu", help="Use CUDA device N."),
     precision: str = typer.Option("fp32", "--precision", help="fp32, bf16, fp16 (CUDA)."),
+    identity: bool = typer.Option(True, "--identity/--no-identity",
+                                  help="Identity distance of the model's face from the input face (dlib)."),
 ) -> None:
     """Report theta (Eq. 11), theta1..theta5 and optionally vDR per image, per face for whole photos."""
     from .. import images, pipeline, report
@@ -53,6 +55,7 @@ def inspect(
             err_console.print(f"[red]error:[/] {p}", soft_wrap=True)
         failed = len(problems)
         preparer = make_preparer(restorer.in_size, aligned, landmarks)
+        threshold = (restorer.vdr_stats or {}).get("threshold")
         for item in pipeline.run(jobs, preparer, restorer, [{}]):
             if item.error:
                 failed += 1
@@ -61,7 +64,8 @@ def inspect(
             if not item.faces:
                 err_console.print(f"note: {item.path}: no face found", soft_wrap=True)
             for i, face in enumerate(item.faces):
-                rows.append(_row(str(item.path), i, face.box, face.results[0], dr))
+                rows.append({**_row(str(item.path), i, face.box, face.results[0], dr),
+                             **_check(item, face, restorer, aligned, threshold, identity and not theta_only)})
     threshold = (restorer.vdr_stats or {}).get("threshold")
     for row in rows:
         if threshold is not None and "ood_distance" in row:
@@ -85,6 +89,23 @@ def _row(path: str, face: int, box, result, dr: bool) -> dict:
     if result.ood is not None:
         row["ood_distance"] = round(result.ood, 4)
     return row
+
+
+def _check(item, face, restorer, aligned: bool, threshold, identity: bool) -> dict:
+    """What `restore` would do with this face (the do-no-harm check) and, with --identity, how far
+    the model's face lies from the input's in dlib's identity space (< 0.6: the same person)."""
+    from .. import guard, images
+
+    res = face.results[0]
+    bgr = images.to_bgr8(item.image) if item.bgr8 is None else item.bgr8
+    scale = res.image.shape[0] / guard.native_size(face.affine, restorer.in_size) if aligned else 1.0
+    native, verdict = guard.check(bgr, face.affine, res.image, restorer.in_size, scale, restorer.gate,
+                                  guard.relative_ood(res.ood, threshold))
+    out = {"restore_check": verdict.record()}
+    if identity:
+        from ..identity import distance
+        out["identity_distance"] = round(distance(native, res.image), 4)
+    return out
 
 
 def _sweep(paths, restorer, r_values, sigma, noise, jpeg, seed, aligned, landmarks, dr) -> list[dict]:
@@ -123,14 +144,21 @@ def _emit(rows: list[dict], fmt: str, output: Optional[Path], theta_only: bool, 
     if fmt == "table":
         from rich.table import Table
         has_ood = any("ood_distance" in r for r in rows)
+        has_id, has_check = any("identity_distance" in r for r in rows), any("restore_check" in r for r in rows)
         t = Table("image", "face" if not any("r" in r for r in rows) else "r", "theta",
                   *[f"θ{i + 1}" for i in range(5)], *(["|vDR|"] if any("vdr" in r for r in rows) else []),
-                  *(["vDR distance"] if has_ood else []))
+                  *(["vDR distance"] if has_ood else []), *(["identity dist"] if has_id else []),
+                  *(["restore would"] if has_check else []))
         for r in rows:
             extra = [f"{sum(v * v for v in r['vdr']) ** 0.5:.3f}"] if "vdr" in r else []
             if has_ood:
                 flag = " [red]outside training[/]" if r.get("outside_training") else ""
                 extra.append(f"{r.get('ood_distance', float('nan')):.2f}{flag}")
+            if has_id:
+                extra.append(f"{r.get('identity_distance', float('nan')):.3f}")
+            if has_check:
+                c = r.get("restore_check")
+                extra.append("" if c is None else "restore" if c["restored"] else "leave it")
             t.add_row(Path(r["path"]).name, f"{r['r']:g}" if "r" in r else str(r["face"]), f"{r['theta']:.4f}",
                       *[f"{v:.3f}" for v in r["thetas"]], *extra)
         console.print(t)

@@ -10,6 +10,7 @@ from typing import List, Optional
 import typer
 
 from ..console import console, err_console, fail
+from ..modelopts import COLOUR, FORCE, STRENGTH
 
 
 def restore(
@@ -41,6 +42,9 @@ def restore(
     json_summary: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
     gpus: Optional[str] = typer.Option(None, "--gpus", help="0,1 or all: one worker process per GPU, sharing a queue."),
     cpu_workers: int = typer.Option(1, "--cpu-workers", help="Worker processes on the CPU (many-core servers)."),
+    force: bool = FORCE,
+    strength: float = STRENGTH,
+    colour: bool = COLOUR,
 ) -> None:
     """Restore faces: whole photos (detect, align, restore, paste back) or --aligned crops."""
     if len(paths) < 2:
@@ -66,16 +70,16 @@ def restore(
     jobs = images.list_images(inputs, recursive=recursive, problems=problems, exclude=[out_dir])
     settings = RestoreSettings(model, precision, aligned, landmarks, only_center_face, max_faces, min_face,
                                max_pixels, batch_size, workers, str(out_dir), ext, suffix, sorted(kinds), upscale,
-                               [str(p) for p, _ in jobs])
+                               [str(p) for p, _ in jobs], force, strength, colour, [str(r) for _, r in jobs])
     if len(devices) == 1:
         load_restorer(model, devices[0], precision)          # fail early (one line); reused in-process
     else:
         check_model(model, devices[0], precision)            # workers load their own copies
-    layout = outputs.Layout(out_dir, ext, suffix)
+    layout = outputs.Layout(out_dir, ext, suffix, settings.rels)
     if rank == 0:
         outputs.clear_stale_temp_files(out_dir)
     manifest = outputs.Manifest(out_dir / (f"manifest.rank{rank}.jsonl" if world > 1 else "manifest.jsonl"))
-    stats = {"done": 0, "skipped": 0, "failed": 0, "faces": 0, "faces_left": 0}
+    stats = {"done": 0, "skipped": 0, "failed": 0, "faces": 0, "faces_left": 0, "faces_kept": 0}
     t_start = time.perf_counter()
     if rank == 0:
         for problem in problems:                   # images.ImageError: named inputs that cannot be used
@@ -98,6 +102,7 @@ def restore(
                 else:
                     stats["done"] += 1
                     stats["faces"] += record["faces"]
+                    stats["faces_kept"] += record["faces_kept"]
                     stats["faces_left"] += len(record["faces_left"])
                     manifest.add(record)
                     _notes(record, quiet)
@@ -134,20 +139,26 @@ class RestoreSettings:
     kinds: list
     upscale: Optional[float]
     inputs: list
+    force: bool = False
+    strength: float = 1.0
+    colour: bool = True
+    rels: list = ()                  # every input's relative path: outputs.Layout tells colliding stems apart
 
 
 def restore_worker(device: str, s: RestoreSettings, items):
     """Restore `items` on one device; yields one manifest record per input."""
-    from .. import images, outputs, pipeline
+    from .. import guard, images, outputs, pipeline
     from ..modelopts import batch_size_that_fits, load_restorer, make_preparer
 
     restorer = load_restorer(s.model, device, s.precision)
     batch_size = batch_size_that_fits(restorer, s.batch_size)
     preparer = make_preparer(restorer.in_size, s.aligned, s.landmarks, s.only_center_face, s.max_faces,
                              s.min_face, s.max_pixels)
-    layout = outputs.Layout(Path(s.out_dir), s.ext, s.suffix)
+    layout = outputs.Layout(Path(s.out_dir), s.ext, s.suffix, s.rels)
     write_args = dict(layout=layout, kinds=set(s.kinds), protected=images.ProtectedPaths(s.inputs),
-                      aligned=s.aligned, upscale=s.upscale, in_size=restorer.in_size)
+                      aligned=s.aligned, upscale=s.upscale, in_size=restorer.in_size,
+                      check=guard.GuardOptions(s.force, s.strength, s.colour), gate=restorer.gate,
+                      ood_threshold=(restorer.vdr_stats or {}).get("threshold"))
     writer = outputs.BackgroundWriter()
     pending: list = []
     try:
@@ -190,11 +201,14 @@ def resolve_devices(device, gpu, gpus, cpu_workers) -> list[str]:
     return [resolve_device(device, gpu)]
 
 
-def write_item(item, layout, kinds, protected, aligned, upscale, in_size) -> dict:
-    """Compose the restored picture and write every requested file; returns the manifest record."""
-    from .. import images, outputs
+def write_item(item, layout, kinds, protected, aligned, upscale, in_size, check, gate=None,
+               ood_threshold=None) -> dict:
+    """Judge each face (guard), compose the picture and write every requested file; returns
+    the manifest record."""
+    from .. import guard, images, outputs
     from ..compose import compose, write_picture
 
+    pasted, verdicts = guard.judge_item(item, 0, aligned, upscale, in_size, check, gate, ood_threshold)
     # The per-face extras first, the restored image last: its existence marks the input as
     # finished (--skip-existing), so a kill can never leave a skipped file with missing extras.
     for i, face in enumerate(item.faces):
@@ -207,10 +221,17 @@ def write_item(item, layout, kinds, protected, aligned, upscale, in_size) -> dic
             images.write_image(layout.face_path("cmp", item.rel, i), outputs.side_by_side(face.crop, restored),
                                protected=protected)
     target = layout.image_path(item.rel, item.path)
-    notes = write_picture(target, compose(item, 0, aligned, upscale, in_size), protected)
+    if not aligned and upscale in (None, 1) and all(p is None for p in pasted) \
+            and target.suffix.lower() == item.path.suffix.lower():
+        images.write_bytes(target, item.path.read_bytes(), protected=protected)   # unchanged: the input's own bytes
+        notes = []
+    else:
+        notes = write_picture(target, compose(item, 0, aligned, upscale, in_size, pasted), protected)
     return {"path": str(item.path), "status": "done", "output": str(target), "faces": len(item.faces),
+            "faces_kept": sum(not v.restored for v in verdicts),
             "boxes": [f.box for f in item.faces],
             "theta": [f.results[0].theta for f in item.faces],
+            "checks": [v.record() for v in verdicts],
             "faces_left": [{"box": b, "reason": r} for b, r in item.skipped_faces],
             "timings": {k: round(v, 4) for k, v in item.timings.items()}, "notes": notes}
 
@@ -221,6 +242,10 @@ def _notes(record: dict, quiet: bool) -> None:
     if record["faces_left"]:
         err_console.print(f"note: {record['path']}: {len(record['faces_left'])} face(s) left as they are "
                           f"({record['faces_left'][0]['reason']})", soft_wrap=True)
+    kept = [c for c in record["checks"] if not c["restored"]]
+    if kept:
+        err_console.print(f"note: {record['path']}: {len(kept)} of {record['faces']} face(s) left as they were "
+                          f"({kept[0]['reason']})", soft_wrap=True)
     if not record["faces"]:
         err_console.print(f"note: {record['path']}: no face found; written unchanged", soft_wrap=True)
 
@@ -246,6 +271,9 @@ def _summary(stats: dict, out_dir: Path, quiet: bool, as_json: bool) -> None:
         return
     if not quiet:
         rate = stats["faces"] / stats["seconds"] if stats["seconds"] else 0.0
+        restored = stats["faces"] - stats["faces_kept"]
         console.print(f"done {stats['done']}, skipped {stats['skipped']} (already there), failed {stats['failed']}; "
-                      f"{stats['faces']} faces restored, {stats['faces_left']} left as they were; "
+                      f"{restored} faces restored, {stats['faces_kept']} left as they were (the check expects "
+                      f"no gain from this model; --force restores them), {stats['faces_left']} skipped "
+                      f"(too small or not chosen); "
                       f"{stats['seconds']:.1f} s ({rate:.2f} faces/s) -> {out_dir}")

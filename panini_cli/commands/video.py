@@ -10,6 +10,7 @@ from typing import Optional
 import typer
 
 from ..console import console, err_console, fail
+from ..modelopts import COLOUR, FORCE, STRENGTH
 
 CONTAINERS = (".mp4", ".mkv", ".mov", ".m4v", ".webm")
 
@@ -62,6 +63,9 @@ def video(
     gpus: Optional[str] = typer.Option(None, "--gpus", help="0,1 or all: one worker process per GPU, each taking "
                                                             "the next chunk; the same frames as one device."),
     cpu_workers: int = typer.Option(1, "--cpu-workers", help="Worker processes on the CPU (many-core servers)."),
+    force: bool = FORCE,
+    strength: float = STRENGTH,
+    colour: bool = COLOUR,
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or notes."),
     json_summary: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
 ) -> None:
@@ -95,7 +99,8 @@ def video(
         settings = vid.Settings(start=vid.parse_time(start) or 0.0, duration=vid.parse_time(duration),
                                 smooth=smooth, smooth_vdr=smooth_vdr, detect_every=detect_every,
                                 chunk_frames=chunk_frames, landmarks=landmarks, min_face=min_face, max_faces=max_faces,
-                                encoding=vid.Encoding(codec, crf, preset, pix_fmt))
+                                encoding=vid.Encoding(codec, crf, preset, pix_fmt), force=force,
+                                strength=strength, colour=colour)
     except vid.VideoError as e:
         fail(str(e))
     if settings.duration is not None and settings.duration <= 0:
@@ -153,7 +158,7 @@ def _run(src, out, note, settings, model, devices, precision, landmarks, batch_s
         restorer, in_size, variant = None, net.config.in_size, net.config.variant
         workers = Workers(devices, model, precision, batch_size, in_size, net.dre)
         del net
-    detector = make_preparer(in_size, False, landmarks).make_detector()   # checks the face models load
+    detector = make_preparer(in_size, False, landmarks, pad=0.0).make_detector()   # checks the face models load
     bs = (batch_size_that_fits(restorer, batch_size) if restorer is not None
           else batch_size or default_batch_size(devices[0]))
     if settings.smooth_vdr and variant != "mfr" and not quiet:
@@ -195,7 +200,8 @@ def _run(src, out, note, settings, model, devices, precision, landmarks, batch_s
     if json_summary:
         print(json.dumps(summary))
     elif not quiet:
-        console.print(f"{summary['frames']} frames ({summary['faces']} faces restored"
+        console.print(f"{summary['frames']} frames ({summary['faces'] - summary['faces_kept']} faces restored, "
+                      f"{summary['faces_kept']} left as they were by the do-no-harm check"
                       f"{', ' + str(summary['resumed_chunks']) + ' chunk(s) from the last run' if summary['resumed_chunks'] else ''})"
                       f" in {summary['seconds']:.1f} s -> {out}", soft_wrap=True)
     if summary["error"]:
