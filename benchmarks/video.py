@@ -61,7 +61,7 @@ def child_video(args) -> dict:
     import torch
 
     from panini_cli import video as vid
-    from panini_cli import video_chunks
+    from panini_cli.video import chunks as video_chunks
     from panini_cli.modelopts import load_restorer, make_preparer
 
     torch.set_num_threads(args.threads)

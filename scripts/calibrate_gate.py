@@ -24,7 +24,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from panini_cli.guard import FEATURES, META_KEY, features  # noqa: E402
-from panini_models.checkpoints import file_sha256, read_weights, save_weights  # noqa: E402
+from panini_models.checkpoints import read_weights, save_weights  # noqa: E402
 
 MARGIN_DB = 0.3          # the tolerance: a restored face must gain more than this
 RIDGE = 1e-2

@@ -13,7 +13,7 @@ import pytest
 
 from panini_cli import faces as F
 from panini_cli.images import read_image, to_bgr8
-from panini_cli.tracking import FaceTracker
+from panini_cli.video.tracking import FaceTracker
 from panini_cli.video import Settings, make_tracker
 
 SHARED = Path(os.environ.get("PANINI_SHARED", Path(__file__).resolve().parents[1].parent / "shared"))

@@ -44,7 +44,7 @@ def test_tracking_state_resumes_smoothing_exactly():
     """Stopping at a chunk boundary and going on from the saved state gives the same crops'
     landmarks as an uninterrupted run; smoothing removes jitter without lag on a steady move."""
     from panini_cli.faces import Face
-    from panini_cli.tracking import END, FramePreparer
+    from panini_cli.video.tracking import END, FramePreparer
 
     rng = np.random.default_rng(0)
     truth = [np.array([[30, 40], [60, 40], [45, 55], [35, 68], [55, 68]], float) + [i * 0.5, 0] for i in range(40)]

@@ -35,8 +35,8 @@ def test_vdr_smoothing_steadies_the_track_and_resumes_exactly():
     it, and going on from the state saved at a chunk boundary gives the same vDRs bit for bit."""
     import torch
 
-    from panini_cli.tracking import END, FramePreparer
-    from panini_cli.vdr_smoothing import VdrSmoother
+    from panini_cli.video.tracking import END, FramePreparer
+    from panini_cli.video.vdr_smoothing import VdrSmoother
     from panini_models.panini import PRESETS, PaniniNet
 
     torch.manual_seed(0)

@@ -152,7 +152,7 @@ def _run(src, out, note, settings, model, devices, precision, landmarks, batch_s
     else:                      # each worker process loads its own copy; this one only tracks
         from panini_models import registry
 
-        from ..video_workers import Workers
+        from ..video.workers import Workers
         check_model(model, devices[0], precision)
         net = registry.load_model(model, "cpu")
         restorer, in_size, variant = None, net.config.in_size, net.config.variant

@@ -10,7 +10,7 @@ JSON keeps float64 exactly) and the tracking state at the chunk's end. Worker pr
 device is never held up by a slow one) wait for the plan of their
 chunk, decode the video themselves (only a few numbers cross processes, never frames;
 the frames of other chunks are decoded and dropped), cut the crops with the planned
-affines, run the model, and paste back and encode the chunk with video_chunks.ChunkWriter.
+affines, run the model, and paste back and encode the chunk with chunks.ChunkWriter.
 Every step sees the same numbers as in the single-process path, so the frames are
 the same (on GPUs, up to the batch composition: a batch never spans two chunks here).
 
@@ -28,8 +28,8 @@ from pathlib import Path
 import numpy as np
 
 from .ffmpeg_io import FrameReader, VideoError, VideoInfo
-from .video import Settings, make_tracker, open_reader, track_guard
-from .video_chunks import ChunkWriter, Partial, _read_json, _write_json
+from .settings import Settings, make_tracker, open_reader, track_guard
+from .chunks import ChunkWriter, Partial, _read_json, _write_json
 
 _POLL = 0.05          # s between looks for a plan
 
@@ -185,8 +185,8 @@ def chunk_worker(device: str, job: ChunkJob, chunks):
     """Restore the chunks pulled from `chunks` on `device`; yields ("frame", faces) per frame."""
     import torch
 
-    from . import pipeline
-    from .modelopts import batch_size_that_fits, load_restorer
+    from .. import pipeline
+    from ..modelopts import batch_size_that_fits, load_restorer
 
     if device == "cpu":           # share the cores, leaving one to decoding, planning and encoding
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // job.processes - 1))
@@ -258,8 +258,8 @@ class PlannedFrames:
         self.next, self.parent = first, parent
 
     def __call__(self, path, rel):
-        from . import faces as facelib
-        from .pipeline import FaceCrop, Prepared
+        from .. import faces as facelib
+        from ..pipeline import FaceCrop, Prepared
 
         _check_parent(self.parent)
         for index, frame in self.frames:     # frames of chunks done elsewhere are dropped

@@ -1,6 +1,6 @@
 """ffmpeg through imageio-ffmpeg's bundled binary: probing, streaming frames in, encoding settings.
 
-Split from video.py (the job: chunks, resume, assembly) so each holds one thing.
+Split from job.py (the job: chunks, resume, assembly) so each holds one thing.
 """
 from __future__ import annotations
 

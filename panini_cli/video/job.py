@@ -9,7 +9,7 @@ each finished chunk is checked and saved with the tracking state, so a rerun of 
 command skips them. At the end the chunks are joined with ffmpeg's concat demuxer
 (no re-encode) and the source's audio is muxed in: copied when the container takes it,
 else re-encoded (aac; opus for webm) with a warning, never dropped. The chunk files,
-the writer thread and the join live in video_chunks; this module runs the job.
+the writer thread and the join live in chunks.py; this module runs the job.
 
 Timing: a constant-rate input keeps every frame, its exact rate, and the offset between
 its video and audio starts. A variable-rate input (frame durations differ by >25%) is
@@ -23,44 +23,20 @@ from __future__ import annotations
 
 import json
 import shutil
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
-from .ffmpeg_io import (  # noqa: F401 - re-exported: callers use video.probe etc.
-    Encoding,
-    FrameReader,
-    VideoError,
-    VideoInfo,
-    ffmpeg_exe,
-    parse_time,
-    probe,
-)
-from .video_chunks import ChunkWriter, Partial, _read_json, _write_json, assemble
+from .chunks import ChunkWriter, Partial, _read_json, _write_json, assemble
+from .ffmpeg_io import VideoError, probe
+from .settings import Settings, make_tracker, open_reader, track_guard
 
 
 # ---------------------------------------------------------------- the whole job
-@dataclass
-class Settings:
-    start: float = 0.0
-    duration: float | None = None
-    smooth: float = 2.0
-    smooth_vdr: float = 0.0          # vdr_smoothing: EMA time constant in frames, 0 = off
-    detect_every: int | None = None   # None: once a second (and at every scene cut)
-    chunk_frames: int = 250
-    landmarks: str = "68"
-    min_face: float = 16.0
-    max_faces: int | None = None
-    encoding: Encoding = field(default_factory=Encoding)
-    force: bool = False               # guard.GuardOptions: restore every face
-    strength: float = 1.0
-    colour: bool = True
-
-
 def restore_video(src: Path, out: Path, settings: Settings, restorer, model_id: str, detector,
                   batch_size: int = 1, resume: bool = True, events=None, workers=None, streams: int = 1) -> dict:
     """Restore every frame of `src` into `out`. `events(kind, **data)` hears: note, start, frame.
 
-    `workers` (video_workers.Workers) spreads the chunks over one process per device;
+    `workers` (workers.Workers) spreads the chunks over one process per device;
     `restorer` is then unused. `streams` batches run through the model at once (pipeline.run).
     Raises VideoError; on a damaged input the frames that could
     be decoded are written (summary["error"] says what happened). Interrupted runs leave
@@ -91,7 +67,7 @@ def restore_video(src: Path, out: Path, settings: Settings, restorer, model_id: 
             total, decode_error, chunks = _restore_chunks(src, partial, info, s, restorer, detector, batch_size,
                                                           done, state, skip, expected, events, streams)
         else:
-            from .video_workers import restore_chunks
+            from .workers import restore_chunks
             total, decode_error, chunks, resumed = restore_chunks(src, partial, info, s, workers, detector,
                                                                   done, state, skip, expected, events)
         error = _decode_outcome(src, partial, s, info, expected, skip, total, decode_error)
@@ -113,43 +89,10 @@ def restore_video(src: Path, out: Path, settings: Settings, restorer, model_id: 
             "error": error}
 
 
-def make_tracker(s: Settings, detector, fps: float):
-    """The face tracker for these settings; the whole-frame search runs every `detect_every`
-    frames, by default once a second of video (tracking.py says why not every frame)."""
-    from .tracking import FaceTracker
-
-    every = s.detect_every or max(1, round(fps))
-    return FaceTracker(detector, s.landmarks, every, max(2, every), s.min_face, s.max_faces)
-
-
-def track_guard(s: Settings, restorer):
-    """The do-no-harm check for this video's face tracks (guard.TrackGuard)."""
-    from .guard import GuardOptions, TrackGuard
-
-    return TrackGuard(restorer.in_size, GuardOptions(s.force, s.strength, s.colour), restorer.gate,
-                      (restorer.vdr_stats or {}).get("threshold"))
-
-
-def open_reader(src: Path, partial: Partial, info: VideoInfo, s: Settings, skip: int, done: int) -> FrameReader:
-    """The frame reader from frame `skip`, after checking the encoder takes its frame size; a
-    failure removes a partial folder that holds no finished chunk."""
-    reader = None
-    try:
-        reader = FrameReader(info, s.start, s.duration, skip=skip)
-        s.encoding.check(partial.dir, partial.ext, reader.size, info)
-    except VideoError:
-        if reader is not None:
-            reader.close()
-        if not done:
-            shutil.rmtree(partial.dir, ignore_errors=True)
-        raise
-    return reader
-
-
 def _restore_chunks(src, partial, info, s, restorer, detector, batch_size, done, state, skip, expected, events,
                     streams=1):
     """This process decodes, tracks, restores and encodes; returns (frames, decode error, chunks)."""
-    from . import pipeline
+    from .. import pipeline
     from .tracking import END, FramePreparer
     from .vdr_smoothing import smoother_for
 

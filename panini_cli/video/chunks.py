@@ -1,7 +1,7 @@
 """The chunk files of a video job in `<output>.partial/`: resume state, the encoding writer, the final join.
 
-Kept apart from video.py (which runs the job) because both the single-process path and
-video_workers' worker processes write the same chunks through these, and a rerun reads
+Kept apart from job.py (which runs the job) because both the single-process path and
+the worker processes of workers.py write the same chunks through these, and a rerun reads
 them back to skip finished work. assemble() joins the chunks with ffmpeg's concat demuxer
 (no re-encode) and muxes the source's audio and subtitles in.
 """
@@ -145,7 +145,7 @@ class ChunkWriter:
         self.chunk += 1
 
     def _run(self) -> None:
-        from . import faces as facelib
+        from .. import faces as facelib
         try:
             while True:
                 item = self.q.get()

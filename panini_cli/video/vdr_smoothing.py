@@ -82,6 +82,6 @@ class VdrSmoother:
 
 def smoother_for(owner, tau: float, device="cpu") -> VdrSmoother | None:
     """A smoother for `owner.dre` (owner: a PaniniNet, torch.compile's wrapper of one, or
-    video_workers.Workers); None when tau is 0 or the model has no DRE."""
+    workers.Workers); None when tau is 0 or the model has no DRE."""
     dre = getattr(owner, "dre", None)
     return VdrSmoother(dre, tau, device) if tau > 0 and dre is not None else None

@@ -37,8 +37,8 @@ from typing import Iterator
 import cv2
 import numpy as np
 
-from . import faces as facelib
-from .pipeline import FaceCrop, Prepared
+from .. import faces as facelib
+from ..pipeline import FaceCrop, Prepared
 
 END = "<end of stream>"        # rel of the items pipeline.run asks for past the last frame
 _PATCH = 32                    # size of the grey patch that vouches for a refitted face
