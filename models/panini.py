@@ -84,6 +84,16 @@ PRESETS: dict[str, PaniniConfig] = {
                           cbam_reduction=4, latent_hidden=32, dr_dim=128,
                           dre_channels=(32, 32, 64, 64, 128, 128), dre_input_size=64,
                           mask_hidden=128),
+    # Sized for real photos and a short GPU run (scripts/device_train.sh): 128 -> 256 px (an FFHQ
+    # square of a UTKFace chip is ~320 px, so the 256 px ground truth is near native), 6.58 M parameters
+    # (a 12.9 MiB float16 file). StyleGAN2 at 128 channels up to 128 px and 64 at 256 px, a 32-channel
+    # RRDB on the 128 px input; the DRE is the `small` one (64 px after pooling, 128-d vDR), so the
+    # bundled default model's UDRL-trained DRE can be reused.
+    "base128": PaniniConfig(in_size=128, out_size=256, style_dim=256, n_mlp=4, channel_base=16384,
+                            channel_max=128, rrdb_channels=32, num_rrdbs=1, rrdb_growth=16,
+                            cbam_reduction=4, latent_hidden=32, dr_dim=128,
+                            dre_channels=(32, 32, 64, 64, 128, 128), dre_input_size=64,
+                            mask_hidden=128),
 }
 
 

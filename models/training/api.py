@@ -26,12 +26,15 @@ def start(cfg, data_dir, run_dir, *, resume: bool = False, prior=None, dre=None,
 
     Raises NonFiniteLoss if a loss goes NaN/inf (RUN_DIR/checkpoint.pt is kept as it was)."""
     threads_before = torch.get_num_threads()
+    benchmark_before = torch.backends.cudnn.benchmark
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
     run_dir = Path(run_dir)
     ckpt = run_dir / CHECKPOINT
     created = not torch.distributed.is_initialized()
     info = dist.init(cfg.device)
+    if cfg.cudnn_benchmark and info.device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
     try:
         if resume and not ckpt.exists():
             raise FileNotFoundError(f"--resume: {ckpt} does not exist")
@@ -76,6 +79,7 @@ def start(cfg, data_dir, run_dir, *, resume: bool = False, prior=None, dre=None,
         return result
     finally:
         torch.set_num_threads(threads_before)
+        torch.backends.cudnn.benchmark = benchmark_before
         if created:
             dist.shutdown(info)
 

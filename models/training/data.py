@@ -8,6 +8,8 @@ global micro-batch counter, so resuming only needs that counter.
 """
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
@@ -15,11 +17,12 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, DistributedSampler, Sampler
 
-from ..degradations import DegradationParams, DegradationRanges, degrade
+from ..degradations import REFERENCE_SIZE, DegradationParams, DegradationRanges, degrade, jpeg_roundtrip
 from ..tensors import bgr_to_tensor
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"}
-LQ_MODES = ("eq10", "bilinear", "pairs", "none")
+LQ_MODES = ("eq10", "photo", "bilinear", "pairs", "none")
+ORDERS = ("eq10", "photo")
 
 
 def list_images(folder) -> list[Path]:
@@ -59,6 +62,74 @@ def read_square(path, size: int) -> np.ndarray:
     return img
 
 
+def degrade_photo(hq: np.ndarray, params: DegradationParams, out_size: int, rng) -> np.ndarray:
+    """Degrade `hq` as a photo holding the face at a smaller size, then cut it as `restore` does.
+
+    `degrade` (Eq. 10) adds the noise and the JPEG on the model's input grid. A real photo
+    is blurred, shrunk, noised and compressed at its own resolution, and `restore` then cuts
+    the face at the model's input size (panini_cli/faces.py: area shrink when the face is
+    more than 1.5x the input, bicubic otherwise). This does the same, with `hq` standing for
+    the face at full quality: blur (sigma in 1024-px units, as `degrade`), area shrink by
+    r * side / 1024 (r = 4 leaves a 256 px face as it is: a compression-only photo), noise and
+    JPEG at that size, then the crop's resize to out_size. Same parameters as Eq. 10.
+    """
+    h, w = hq.shape[:2]
+    if h != w:
+        raise ValueError(f"degrade_photo needs a square face, got {w}x{h}")
+    scale = h / REFERENCE_SIZE
+    img = hq
+    sigma_px = params.sigma * scale
+    if sigma_px > 0:
+        k = 2 * math.ceil(3 * sigma_px) + 1
+        img = cv2.GaussianBlur(img, (k, k), sigmaX=sigma_px, sigmaY=sigma_px, borderType=cv2.BORDER_REFLECT_101)
+    mid = max(4, round(h / max(1.0, params.r * scale)))
+    if mid != h:
+        img = cv2.resize(img, (mid, mid), interpolation=cv2.INTER_AREA)
+    if params.noise > 0:
+        noisy = rng.standard_normal(img.shape, dtype=np.float32)
+        noisy *= np.float32(params.noise)
+        noisy += img
+        np.clip(noisy, 0, 255, out=noisy)
+        img = np.rint(noisy).astype(np.uint8)
+    img, _ = jpeg_roundtrip(np.ascontiguousarray(img), params.jpeg)
+    if mid != out_size:
+        interp = cv2.INTER_AREA if mid > 1.5 * out_size else cv2.INTER_CUBIC
+        img = cv2.resize(img, (out_size, out_size), interpolation=interp)
+    return img
+
+
+@dataclass(frozen=True)
+class MixPart:
+    """One component of a degradation mixture: its share, its order (eq10 | photo), its ranges."""
+    weight: float
+    order: str
+    ranges: DegradationRanges
+    name: str = ""
+
+
+def parse_mix(items, base: dict | None = None) -> list[MixPart]:
+    """Config items [{"weight", "order", "name"?, "sigma"?, "r"?, "noise"?, "jpeg"?}, ...] -> parts.
+    Ranges an item does not name are those of `base` (the `degradation` overrides) or the defaults."""
+    parts = []
+    for i, item in enumerate(items or ()):
+        if not isinstance(item, dict):
+            raise ValueError(f"degradation_mix[{i}] must be an object, got {item!r}")
+        item = dict(item)
+        weight = float(item.pop("weight", 1.0))
+        order = item.pop("order", "eq10")
+        name = str(item.pop("name", ""))
+        if order not in ORDERS:
+            raise ValueError(f"degradation_mix[{i}]: order must be one of {ORDERS}, got {order!r}")
+        if not (weight > 0 and math.isfinite(weight)):
+            raise ValueError(f"degradation_mix[{i}]: weight must be > 0, got {weight}")
+        try:
+            ranges = DegradationRanges.from_dict({**(base or {}), **item})
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"degradation_mix[{i}]: {e}") from None
+        parts.append(MixPart(weight, order, ranges, name))
+    return parts
+
+
 def _key(key) -> tuple[int, int]:
     return (0, int(key)) if isinstance(key, (int, np.integer)) else (int(key[0]), int(key[1]))
 
@@ -75,17 +146,24 @@ class FaceDataset(Dataset):
     """(LQ, GT) pairs for restoration. GT: the HQ face at out_size. LQ at in_size, made by
     Eq. 10 (`eq10`), a plain bilinear resize (`bilinear`, the paper's SR setting), or
     read from a folder matched by relative path (`pairs`); `none` gives GT only (prior
-    training). Keys are (epoch, index)."""
+    training). `photo` is `degrade_photo` (the same parameters applied as to a photo). With
+    `mix` (parts of `parse_mix`), each sample first draws its part (eq10 or photo order
+    and ranges) from its own stream. Keys are (epoch, index)."""
 
     def __init__(self, files, out_size: int, in_size: int, lq: str = "eq10",
                  ranges: DegradationRanges | None = None, seed: int = 0, flip: bool = True,
-                 pairs_dir=None, root=None):
+                 pairs_dir=None, root=None, mix: list[MixPart] | None = None):
         if lq not in LQ_MODES:
             raise ValueError(f"lq must be one of {LQ_MODES}, got {lq!r}")
+        if mix and lq not in ORDERS:
+            raise ValueError(f"a degradation mix makes the LQ itself: lq must be eq10 or photo, got {lq!r}")
         self.files = list(files)
         self.out_size, self.in_size, self.lq = out_size, in_size, lq
         self.ranges = ranges or DegradationRanges()
         self.seed, self.flip = seed, flip
+        self.mix = list(mix or [])
+        total = sum(p.weight for p in self.mix)
+        self._cum = np.cumsum([p.weight / total for p in self.mix]) if self.mix else None
         self.lq_files = None
         if lq == "pairs":
             if pairs_dir is None or root is None:
@@ -98,7 +176,7 @@ class FaceDataset(Dataset):
     def __getitem__(self, key) -> dict:
         epoch, index = _key(key)
         gt = read_square(self.files[index], self.out_size)
-        if self.lq == "eq10":
+        if self.lq in ORDERS:
             lq, params = self.degrade(gt, epoch, index)
         elif self.lq == "none":
             lq, params = None, None
@@ -115,9 +193,22 @@ class FaceDataset(Dataset):
                                      else [float("nan")] * 4, dtype=torch.float32)
         return out
 
+    def part(self, epoch: int, index: int) -> int:
+        """Index of the mixture part sample (epoch, index) uses (-1 without a mix)."""
+        if not self.mix:
+            return -1
+        u = _rng(self.seed, epoch, index, 3).random()
+        return min(int(np.searchsorted(self._cum, u, side="right")), len(self.mix) - 1)
+
     def degrade(self, gt: np.ndarray, epoch: int, index: int) -> tuple[np.ndarray, DegradationParams]:
         rng = _rng(self.seed, epoch, index, 0)
-        params = self.ranges.sample(rng)
+        order, ranges = self.lq, self.ranges
+        if self.mix:
+            p = self.mix[self.part(epoch, index)]
+            order, ranges = p.order, p.ranges
+        params = ranges.sample(rng)
+        if order == "photo":
+            return degrade_photo(gt, params, self.in_size, rng), params
         return degrade(gt, params, out_size=self.in_size, rng=rng), params
 
 

@@ -33,14 +33,14 @@ from ..panini import PRESETS, PaniniConfig, PaniniNet
 from ..stylegan2 import StyleGAN2Discriminator
 from ..tensors import tensor_to_bgr
 from . import dist
-from .data import FaceDataset, next_batch
+from .data import FaceDataset, next_batch, parse_mix
 from .losses import (PerceptualLoss, discriminator_features, feature_matching, gan_d_loss, gan_g_loss,
                      l1_loss, load_vgg16)
 from .metrics import psnr, ssim
 from .runner import CosineSchedule
 from .state import NonFiniteLoss
 
-TASK_LQ = {"mfr": "eq10", "sr": "bilinear", "small": "eq10", "catconv": "eq10"}
+TASK_LQ = {"mfr": "eq10", "sr": "bilinear", "small": "eq10", "catconv": "eq10", "base128": "eq10"}
 LOSS_NAMES = ("g_total", "l1", "perceptual", "gan_g", "d_real", "d_fake", "d_real_logit", "d_fake_logit")
 
 
@@ -224,10 +224,14 @@ class RestoreTrainer:
         self.scaler_d = torch.amp.GradScaler("cuda", enabled=fp16)
         lq_mode = TASK_LQ[cfg.task] if cfg.lq == "auto" else cfg.lq
         ranges = DegradationRanges.from_dict(cfg.degradation)
+        mix = parse_mix(cfg.degradation_mix, cfg.degradation)
+        if mix:
+            self.notes.append("LQ from a degradation mix: " + "; ".join(
+                f"{p.name or i} {p.weight:g} ({p.order}: {p.ranges.to_dict()})" for i, p in enumerate(mix)))
         self.data = FaceDataset(train_files, mc.out_size, mc.in_size, lq_mode, ranges, cfg.seed, cfg.flip,
-                                pairs_dir, data_root)
+                                pairs_dir, data_root, mix=mix)
         self.val = FaceDataset(val_files, mc.out_size, mc.in_size, lq_mode, ranges, cfg.seed + 1_000_003,
-                               False, pairs_dir, data_root) if val_files else None
+                               False, pairs_dir, data_root, mix=mix) if val_files else None
         self._it = None
         self.samples_per_step = cfg.batch_size * cfg.accum * info.world_size
 
@@ -369,12 +373,16 @@ class RestoreTrainer:
         self.scaler_d.load_state_dict(state["scaler_d"])
         self.step, self.micro, self._it = state["step"], state["micro"], None
 
-    def export(self, path) -> str:
-        return export_state(self.ema.state_dict(), self.model_config.to_json(), self.step, path)
+    def export(self, path, half: bool = False) -> str:
+        return export_state(self.ema.state_dict(), self.model_config.to_json(), self.step, path, half)
 
 
-def export_state(ema_state: dict, model_config_json: str, step: int, path) -> str:
-    """The EMA generator as our safetensors file (kind panini): `panini restore -m FILE` loads it."""
-    return save_weights(path, ema_state, "panini", json.loads(model_config_json),
-                        {"trained_steps": str(step), "trained_with": "panini train restore (EMA generator)"})
+def export_state(ema_state: dict, model_config_json: str, step: int, path, half: bool = False) -> str:
+    """The EMA generator as our safetensors file (kind panini): `panini restore -m FILE` loads it.
+    half: float tensors stored as float16 (half the size; loading casts them back to float32)."""
+    extra = {"trained_steps": str(step), "trained_with": "panini train restore (EMA generator)"}
+    if half:
+        ema_state = {k: (v.detach().half() if v.is_floating_point() else v) for k, v in ema_state.items()}
+        extra["stored_dtype"] = "float16 (loaded as float32)"
+    return save_weights(path, ema_state, "panini", json.loads(model_config_json), extra)
 

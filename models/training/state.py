@@ -50,6 +50,14 @@ class BaseConfig:
     degradation: dict = field(default_factory=dict)   # DegradationRanges overrides, e.g. {"r": [10, 50]}
     stop_at: int = 0                   # checkpoint and stop at this step (0: run to total_steps); for
                                        # stages: --resume with other settings and --set stop_at=0
+    max_seconds: float = 0.0           # wall-clock budget of the step loop (0: none): when spent, the
+                                       # run ends as if total_steps were reached (checkpoint, export);
+                                       # the cosine schedule is re-fitted to the steps that fit in it
+    export_every_s: float = 0.0        # also write the weights (float16) every this many seconds (0: off)
+    export_dir: str = ""               # where those go, as latest.safetensors, and final.safetensors at
+                                       # the end ("" : the run folder)
+    cudnn_benchmark: bool = False      # CUDA: let cuDNN pick the fastest conv algorithms (not bitwise
+                                       # reproducible across runs)
 
     @property
     def command(self) -> str:
@@ -82,9 +90,11 @@ class DREConfig(BaseConfig):
 @dataclass
 class RestoreConfig(BaseConfig):
     """Restoration fine-tuning (official GLEAN/SRGAN-style schedule in mmedit)."""
-    task: str = "mfr"                  # mfr | sr | small: the Panini preset
+    task: str = "mfr"                  # mfr | sr | small | catconv | base128: the Panini preset
     model: dict = field(default_factory=dict)         # PaniniConfig overrides
-    lq: str = "auto"                   # eq10 | bilinear | pairs (auto: bilinear for sr, else eq10)
+    lq: str = "auto"                   # eq10 | photo | bilinear | pairs (auto: bilinear for sr, else eq10)
+    degradation_mix: tuple = ()        # LQ from a mixture: [{"weight", "order": eq10|photo, sigma, r, noise,
+                                       # jpeg ranges (missing ones: `degradation`)}, ...]; see data.py
     batch_size: int = 1                # official: 1 per GPU
     total_steps: int = 600_000
     lr_g: float = 1e-4
