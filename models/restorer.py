@@ -53,9 +53,7 @@ class Restorer:
         bad = [c.shape for c in crops if c.shape != (self.in_size, self.in_size, 3)]
         if bad:
             raise ValueError(f"crops must be {self.in_size}x{self.in_size}x3 uint8, got {bad[0]}")
-        x = bgr_to_tensor(list(crops))
-        if self.device.type != "cpu":
-            x = x.pin_memory()
+        x = bgr_to_tensor(list(crops), self.device)     # CUDA: uint8 copied from pinned memory, converted there
         if vdr is not None:
             vdr = torch.as_tensor(np.asarray(vdr, np.float32)).to(self.device)
         out = runtime.forward(self.model, x, self.precision, mask_bias=mask_bias, blocks=blocks,

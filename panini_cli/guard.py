@@ -192,7 +192,10 @@ def judge(image_bgr: np.ndarray, affine: np.ndarray, restored: np.ndarray, in_si
     out = finish(restored, native, options)
     if options.identity:
         from .identity import distance
-        verdict.signals["identity"] = distance(native, out)
+        try:
+            verdict.signals["identity"] = distance(native, out)
+        except facelib.FaceModelError:      # no recognition model installed: the face is still restored
+            verdict.signals["identity"] = None
     return out, verdict
 
 

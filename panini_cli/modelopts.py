@@ -17,12 +17,17 @@ COLOUR = typer.Option(True, "--color-match/--no-color-match",
 
 
 def resolve_device(device: str | None, gpu: int | None) -> str:
-    """--device wins; --gpu N means cuda:N. Without CUDA, fall back to the CPU with a warning."""
+    """--device wins; --gpu N means cuda:N; by default the GPU of this torchrun rank (LOCAL_RANK,
+    else 0). Without CUDA, fall back to the CPU with a warning."""
+    import os
+
     import torch
 
     wanted = device or (f"cuda:{gpu}" if gpu is not None else None)
     if wanted is None:
-        return "cuda:0" if torch.cuda.is_available() else "cpu"
+        if not torch.cuda.is_available():
+            return "cpu"
+        return f"cuda:{int(os.environ.get('LOCAL_RANK', 0)) % torch.cuda.device_count()}"
     if wanted.startswith("cuda"):
         if not torch.cuda.is_available():
             err_console.print(f"[yellow]warning:[/] {wanted} requested but no CUDA device is available; "
