@@ -13,10 +13,8 @@ travel to the device machine.
 import contextlib
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from functools import lru_cache
 from pathlib import Path
 
@@ -27,9 +25,9 @@ import torch
 from typer.testing import CliRunner
 
 import official
-from conftest import REFERENCE, REPO, need, write_small_model
+from conftest import REFERENCE, REPO, need
 from panini_cli.app import app
-from trainhelpers import TINY, _run_cli, faces, restore_cfg, train_records
+from trainhelpers import TINY, _run_cli, faces, restore_cfg, sigterm_after_steps, train_records
 from videoclips import need_clip, summary_of, yuv_frames
 from videoclips import run as run_video
 
@@ -525,15 +523,8 @@ def test_amp_training_killed_and_resumed(tmp_path, amp):
     cmd = [sys.executable, "-m", "panini_cli", "train", "restore", str(data), "--out", str(run_dir)]
     for s in TINY + args:
         cmd += ["--set", s]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    deadline = time.time() + 180
-    while time.time() < deadline and proc.poll() is None:
-        if (run_dir / "log.jsonl").exists() and len(train_records(run_dir)) >= 3:
-            break
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGTERM)
-    output = proc.communicate(timeout=180)[0]
-    assert proc.returncode == 143, output
+    code, output = sigterm_after_steps(cmd, run_dir, 3, timeout=180)
+    assert code == 143, output
     stopped = load_checkpoint(run_dir / CHECKPOINT)["step"]
     assert 3 <= stopped < 6, output
     res = _run_cli(["train", "restore", data, "--out", run_dir, "--resume"])

@@ -2,10 +2,7 @@
 load what they should, and a `panini train restore` run exports a model, resumes after
 SIGTERM to the same losses and stops at stop_at. CPU, tiny models, tiny images."""
 import json
-import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +18,7 @@ from panini_models.training.loop import RestoreTrainer
 from panini_models.training.state import CHECKPOINT, load_checkpoint, load_config
 
 from trainhelpers import _keep_thread_settings  # noqa: F401 - autouse: one torch thread in these tests
-from trainhelpers import TINY, TINY_MODEL, _run_cli, faces, restore_cfg, train_records
+from trainhelpers import TINY, TINY_MODEL, _run_cli, faces, restore_cfg, sigterm_after_steps, train_records
 
 
 # ------------------------------------------------------------------ restore
@@ -125,16 +122,8 @@ def test_resume_after_sigterm_reproduces_the_uninterrupted_losses(tmp_path):
     cmd = [sys.executable, "-m", "panini_cli", "train", "restore", str(data), "--out", str(run)]
     for s in TINY + args:
         cmd += ["--set", s]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    log = run / "log.jsonl"
-    deadline = time.time() + 120
-    while time.time() < deadline and proc.poll() is None:
-        if log.exists() and len(train_records(run)) >= 3:
-            break
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGTERM)
-    output = proc.communicate(timeout=120)[0]
-    assert proc.returncode == 143, output
+    code, output = sigterm_after_steps(cmd, run, 3, timeout=120)
+    assert code == 143, output
     stopped_at = load_checkpoint(run / CHECKPOINT)["step"]
     assert 3 <= stopped_at < 9, output
     res = _run_cli(["train", "restore", data, "--out", run, "--resume"])

@@ -60,6 +60,23 @@ def train_records(run_dir: Path) -> dict[int, dict]:
     return {r["step"]: {k: r[k] for k in LOSS_NAMES} for r in recs if r["kind"] == "train"}
 
 
+def sigterm_after_steps(cmd: list, run_dir: Path, steps: int = 3, timeout: float = 180) -> tuple[int, str]:
+    """Start a training command, send it SIGTERM once `steps` steps are logged; -> (exit code, output)."""
+    import signal
+    import subprocess
+    import time
+
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        if (Path(run_dir) / "log.jsonl").exists() and len(train_records(run_dir)) >= steps:
+            break
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGTERM)
+    output = proc.communicate(timeout=timeout)[0]
+    return proc.returncode, output
+
+
 def _run_cli(args, **kw):
     res = runner.invoke(app, [str(a) for a in args], **kw)
     return res
