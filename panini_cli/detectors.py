@@ -1,0 +1,178 @@
+"""Face detectors behind one protocol (faces.FaceDetector), chosen by name.
+
+Why: dlib's HOG detector misses degraded faces (blurred, tiny, compressed old photos)
+that dlib's MMOD CNN finds; `CnnDetector` runs that CNN ported to torch
+(panini_models.mmod), batched, on CPU or CUDA. dlib's landmark predictors were trained
+on HOG boxes, so CNN boxes are first mapped onto HOG-like boxes and the 68 points are
+refined on the boxes they imply (constants measured, see `MMOD_TO_HOG`). torch is
+imported only when a CNN detector is first used, so `panini --help` stays light.
+"""
+from __future__ import annotations
+
+import importlib.util
+import math
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from .faces import (PREDICTOR_FILES, DlibDetector, Face, FaceModelError, find_predictor,
+                    landmarks5_from_68, landmarks5_from_dlib5)
+
+MMOD_FILE = "mmod_human_face_detector.dat"          # dlib's CNN face detector, CC0
+# HOG-like box from an MMOD box (square, side s, centre c): centre c + (dx, dy) * s,
+# side k * s. Means over 394 faces both detectors found on 300 UTKFace chips (none of the
+# held-out ones) and the 38 shared whole photos (`python benchmarks/detect.py --fit`).
+MMOD_TO_HOG = (0.0149, 0.0571, 1.0104)
+# The HOG box from 68 landmarks (centroid m, RMS radius r): centre m + (ax, ay) * r, side
+# k * r; means over the 408 HOG detections of the same images. One fixed map cannot follow
+# how the two detectors' boxes differ with pose (a turned face's MMOD box can sit 15% off),
+# so the 68-point predictor is run again on the box its own points imply: 3 passes bring
+# the FFHQ crop error to HOG's or below (benchmarks/detect.py). The 5-point model, ~3%
+# with either detector, does not gain from it.
+LANDMARKS_TO_HOG = (-0.0606, -0.1424, 2.7784)
+REFINE_PASSES = {"68": 3, "5": 0}
+# Smallest face (px) the CNN finds at scale 1: its window is 80 px, and on the held-out
+# faces recall at scale s falls from ~100% at 80 / s px to ~0 at 60 / s px (measured at
+# s = 1, 1.5, 2, 2.67). Images are enlarged by this / min_face to reach min_face.
+CNN_MIN_FACE_AT_1X = 80.0
+
+
+def find_mmod_model() -> Path:
+    """Locate mmod_human_face_detector.dat in face-recognition-models without importing it."""
+    spec = importlib.util.find_spec("face_recognition_models")
+    if spec is not None and spec.submodule_search_locations:
+        path = Path(list(spec.submodule_search_locations)[0], "models", MMOD_FILE)
+        if path.is_file():
+            return path
+    raise FaceModelError(f"dlib CNN face model {MMOD_FILE} not found (pip install face-recognition-models)")
+
+
+def mmod_to_hog_box(box: np.ndarray, mapping: tuple[float, float, float] | None = None) -> np.ndarray:
+    """(n, 4) MMOD boxes (x0, y0, x1, y1) -> HOG-like boxes, same convention."""
+    box = np.asarray(box, np.float64).reshape(-1, 4)
+    dx, dy, k = MMOD_TO_HOG if mapping is None else mapping
+    s = (box[:, 2] - box[:, 0] + box[:, 3] - box[:, 1]) / 2 + 1
+    cx, cy = (box[:, 0] + box[:, 2]) / 2 + dx * s, (box[:, 1] + box[:, 3]) / 2 + dy * s
+    half = (k * s - 1) / 2
+    return np.stack([cx - half, cy - half, cx + half, cy + half], 1)
+
+
+def hog_box_from_landmarks(pts: np.ndarray, fit=LANDMARKS_TO_HOG) -> np.ndarray:
+    """The box dlib's HOG detector would most likely have given for these 68 landmarks."""
+    c = pts.mean(0)
+    r = math.sqrt(((pts - c) ** 2).sum(1).mean())
+    ax, ay, k = fit
+    cx, cy, half = c[0] + ax * r, c[1] + ay * r, (k * r - 1) / 2
+    return np.array([cx - half, cy - half, cx + half, cy + half])
+
+
+class HogDetector(DlibDetector):
+    """faces.DlibDetector (dlib HOG) with the batched entry point of the protocol."""
+
+    def detect_many(self, images_bgr8: list[np.ndarray]) -> list[list[Face]]:
+        return [self.detect(im) for im in images_bgr8]
+
+
+class CnnDetector:
+    """dlib's MMOD CNN face detector in torch, plus dlib landmarks on HOG-like boxes.
+
+    Images under 1.5 MP are searched enlarged by CNN_MIN_FACE_AT_1X / min_face (so faces
+    down to `min_face` px are found; at most `max_pixels` searched), larger ones at their
+    size (faces from ~80 px), images above `max_side` shrunk first: DlibDetector's policy. The searched image is
+    mirrored out by `pad` px (faces cut by the border are found far more often; boxes
+    centred in the mirror are dropped). `pyramid` is the pyramid's N (levels shrink by
+    (N-1)/N; dlib's 6; smaller is coarser and faster). `threshold`: MMOD score cut (dlib: 0).
+    Landmarks always come from the full-resolution image.
+    """
+
+    def __init__(self, landmarks: str = "68", device: str = "cpu", min_face: float = 40.0,
+                 max_side: int = 2048, max_pixels: float = 6.0e6, threshold: float = 0.0,
+                 pyramid: int = 6, pad: int = 32, box_map: tuple[float, float, float] | None = None,
+                 predictor_path=None, model_path=None):
+        if landmarks not in PREDICTOR_FILES:
+            raise ValueError(f"landmarks must be '68' or '5', not {landmarks!r}")
+        self.landmarks, self.device, self.min_face = landmarks, device, min_face
+        self.max_side, self.max_pixels, self.threshold, self.pyramid = max_side, max_pixels, threshold, pyramid
+        self.pad, self.box_map = pad, box_map
+        self.predictor_path, self.model_path = predictor_path, model_path
+        self._net = self._shape = self._dlib = None
+
+    def _load(self) -> None:
+        try:
+            import dlib
+        except ImportError:
+            raise FaceModelError("face landmarks need dlib: pip install dlib-bin") from None
+        from panini_models.mmod import MMODDetector
+
+        path = Path(self.predictor_path) if self.predictor_path else find_predictor(self.landmarks)
+        self._shape, self._dlib = dlib.shape_predictor(str(path)), dlib
+        self._net = MMODDetector(self.model_path or find_mmod_model(), device=self.device, pyramid=self.pyramid)
+
+    def scale_for(self, h: int, w: int) -> float:
+        """The factor an h x w image is searched at: enlarged for `min_face` only under
+        1.5 MP (after the max_side shrink) and to at most `max_pixels`, as DlibDetector
+        upsamples only under 1.5 MP (so both search about the same pixels)."""
+        f = min(1.0, self.max_side / max(h, w))
+        area = h * w * f * f
+        if area >= 1.5e6:
+            return f
+        up = min(CNN_MIN_FACE_AT_1X / self.min_face, math.sqrt(self.max_pixels / area))
+        return f * max(1.0, up)
+
+    def boxes_many(self, images_rgb: list[np.ndarray]) -> list[np.ndarray]:
+        """Raw MMOD detections (n, 5: x0, y0, x1, y1, score) in each image's own pixels."""
+        if self._net is None:
+            self._load()
+        scales = [self.scale_for(*im.shape[:2]) for im in images_rgb]
+        work = [im if f == 1.0 else cv2.resize(im, (max(1, round(im.shape[1] * f)), max(1, round(im.shape[0] * f))),
+                                                interpolation=cv2.INTER_LINEAR if f > 1 else cv2.INTER_AREA)
+                for im, f in zip(images_rgb, scales)]
+        b = self.pad
+        padded = [cv2.copyMakeBorder(im, b, b, b, b, cv2.BORDER_REFLECT_101) if b else im for im in work]
+        out = []
+        for dets, im, sm in zip(self._net(padded, self.threshold), images_rgb, work):
+            dets[:, :4] -= b
+            cx, cy = (dets[:, 0] + dets[:, 2]) / 2, (dets[:, 1] + dets[:, 3]) / 2
+            dets = dets[(cx >= -0.5) & (cx < sm.shape[1] - 0.5) & (cy >= -0.5) & (cy < sm.shape[0] - 0.5)]
+            fx, fy = im.shape[1] / sm.shape[1], im.shape[0] / sm.shape[0]
+            dets[:, [0, 2]] = (dets[:, [0, 2]] + 0.5) * fx - 0.5      # pixel centres at integers
+            dets[:, [1, 3]] = (dets[:, [1, 3]] + 0.5) * fy - 0.5
+            out.append(dets)
+        return out
+
+    def detect_many(self, images_bgr8: list[np.ndarray]) -> list[list[Face]]:
+        rgbs = []
+        for im in images_bgr8:
+            if im.dtype != np.uint8:
+                raise TypeError("CnnDetector expects 8-bit images (use images.to_bgr8)")
+            code = cv2.COLOR_GRAY2RGB if im.ndim == 2 else cv2.COLOR_BGR2RGB
+            rgbs.append(np.ascontiguousarray(cv2.cvtColor(im, code)))
+        results = []
+        for rgb, dets in zip(rgbs, self.boxes_many(rgbs)):
+            faces = []
+            for box, score in zip(mmod_to_hog_box(dets[:, :4], self.box_map), dets[:, 4]):
+                pts = self._landmarks(rgb, box)
+                for _ in range(REFINE_PASSES[self.landmarks]):
+                    pts = self._landmarks(rgb, hog_box_from_landmarks(pts))
+                lm5 = landmarks5_from_68(pts) if len(pts) == 68 else landmarks5_from_dlib5(pts)
+                faces.append(Face(tuple(float(v) for v in box), float(score), lm5, pts if len(pts) == 68 else None))
+            results.append(sorted(faces, key=lambda fc: -fc.size))
+        return results
+
+    def _landmarks(self, rgb: np.ndarray, box) -> np.ndarray:
+        rect = self._dlib.rectangle(*(int(round(v)) for v in box))
+        return np.array([(p.x, p.y) for p in self._shape(rgb, rect).parts()], np.float64)
+
+    def detect(self, bgr8: np.ndarray) -> list[Face]:
+        """Faces in an 8-bit BGR image, largest first."""
+        return self.detect_many([bgr8])[0]
+
+
+def make_detector(kind: str = "hog", landmarks: str = "68", device: str = "cpu", **options):
+    """'hog' -> HogDetector (dlib HOG, CPU), 'cnn' -> CnnDetector (torch, `device`)."""
+    if kind == "hog":
+        return HogDetector(landmarks, **options)
+    if kind == "cnn":
+        return CnnDetector(landmarks, device=device, **options)
+    raise ValueError(f"detector must be 'hog' or 'cnn', not {kind!r}")
