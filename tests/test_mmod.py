@@ -200,3 +200,43 @@ def test_factory_and_lazy_torch():
         D.make_detector("yolo")
     code = "import sys, panini_cli.detectors; assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
+
+
+def test_detector_option_reaches_every_command(tmp_path):
+    """`--detector cnn` in restore / inspect / edit finds a small degraded face; a bad name is one line."""
+    pytest.importorskip("dlib", reason="dlib (dlib-bin) is not installed")
+    import json
+
+    import cv2
+    import numpy as np
+    from typer.testing import CliRunner
+
+    from panini_cli.app import app
+    from conftest import DATA, need
+
+    face = cv2.resize(cv2.imread(str(need(DATA / "faces_aligned" / "gpen_ffhq_00001.png"))), (120, 120),
+                      interpolation=cv2.INTER_AREA)
+    face = cv2.imdecode(cv2.imencode(".jpg", cv2.GaussianBlur(face, (0, 0), 1.0), [cv2.IMWRITE_JPEG_QUALITY, 25])[1],
+                        cv2.IMREAD_COLOR)
+    photo = np.full((240, 320, 3), 128, np.uint8)
+    photo[60:180, 100:220] = face
+    src = tmp_path / "in"
+    src.mkdir()
+    cv2.imwrite(str(src / "p.png"), photo)
+    runner = CliRunner()
+    res = runner.invoke(app, ["restore", str(src), str(tmp_path / "out"), "--detector", "cnn", "-q"])
+    assert res.exit_code == 0, res.output
+    rec = json.loads((tmp_path / "out" / "manifest.jsonl").read_text().splitlines()[0])
+    assert rec["faces"] == 1
+    x0, y0, x1, y1 = rec["boxes"][0]
+    assert 100 <= (x0 + x1) / 2 <= 220 and 60 <= (y0 + y1) / 2 <= 180
+    res = runner.invoke(app, ["inspect", "--theta", "--detector", "cnn", str(src / "p.png")])
+    assert res.exit_code == 0 and "p.png\t0\t" in res.output, res.output
+    res = runner.invoke(app, ["edit", "--detector", "cnn", "-o", str(tmp_path / "e"), "-q", str(src / "p.png")])
+    assert res.exit_code == 0, res.output
+    clip = need(DATA / "video" / "keep_real_3.mp4")
+    res = runner.invoke(app, ["video", str(clip), "-o", str(tmp_path / "v.mp4"), "--duration", "0.3",
+                              "--detector", "cnn", "--json", "-q"])
+    assert res.exit_code == 0 and json.loads(res.stdout.strip().splitlines()[-1])["faces"] >= 5, res.output
+    bad = runner.invoke(app, ["restore", str(src), str(tmp_path / "x"), "--detector", "yolo"])
+    assert bad.exit_code == 1 and "hog" in bad.output and len(bad.output.strip().splitlines()) == 1

@@ -7,7 +7,7 @@ from typing import List, Optional
 import typer
 
 from ..console import console, err_console, fail
-from ..modelopts import COLOUR, FORCE, STRENGTH
+from ..modelopts import COLOUR, DETECTOR, FORCE, STRENGTH
 
 
 def edit(
@@ -26,6 +26,7 @@ def edit(
     device: Optional[str] = typer.Option(None, "--device", help="cpu or cuda[:N]."),
     gpu: Optional[int] = typer.Option(None, "--gpu", help="Use CUDA device N."),
     precision: str = typer.Option("fp32", "--precision", help="fp32, bf16, fp16 (CUDA)."),
+    detector: str = DETECTOR,
     force: bool = FORCE,
     strength: float = STRENGTH,
     colour: bool = COLOUR,
@@ -70,7 +71,8 @@ def edit(
         err_console.print(f"[red]error:[/] {p}", soft_wrap=True)
     protected = images.ProtectedPaths(p for p, _ in jobs)
     stems = outputs.output_stems(rel for _, rel in jobs)
-    preparer = make_preparer(restorer.in_size, aligned, landmarks)
+    preparer = make_preparer(restorer.in_size, aligned, landmarks, detector=detector,
+                                 device=str(restorer.device))
     written = 0
     for item in pipeline.run(jobs, preparer, restorer, variants):
         if item.error:

@@ -8,6 +8,7 @@ from typing import List, Optional
 import typer
 
 from ..console import console, err_console, fail
+from ..modelopts import DETECTOR
 
 
 def inspect(
@@ -30,6 +31,7 @@ def inspect(
     device: Optional[str] = typer.Option(None, "--device", help="cpu or cuda[:N]."),
     gpu: Optional[int] = typer.Option(None, "--gpu", help="Use CUDA device N."),
     precision: str = typer.Option("fp32", "--precision", help="fp32, bf16, fp16 (CUDA)."),
+    detector: str = DETECTOR,
     identity: bool = typer.Option(True, "--identity/--no-identity",
                                   help="Identity distance of the model's face from the input face (dlib)."),
 ) -> None:
@@ -54,7 +56,8 @@ def inspect(
         for p in problems:
             err_console.print(f"[red]error:[/] {p}", soft_wrap=True)
         failed = len(problems)
-        preparer = make_preparer(restorer.in_size, aligned, landmarks)
+        preparer = make_preparer(restorer.in_size, aligned, landmarks, detector=detector,
+                                 device=str(restorer.device))
         threshold = (restorer.vdr_stats or {}).get("threshold")
         for item in pipeline.run(jobs, preparer, restorer, [{}]):
             if item.error:

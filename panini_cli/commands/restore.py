@@ -10,7 +10,7 @@ from typing import List, Optional
 import typer
 
 from ..console import console, err_console, fail
-from ..modelopts import COLOUR, FORCE, STRENGTH
+from ..modelopts import COLOUR, DETECTOR, FORCE, STRENGTH
 
 
 def restore(
@@ -45,6 +45,7 @@ def restore(
     force: bool = FORCE,
     strength: float = STRENGTH,
     colour: bool = COLOUR,
+    detector: str = DETECTOR,
 ) -> None:
     """Restore faces: whole photos (detect, align, restore, paste back) or --aligned crops."""
     if len(paths) < 2:
@@ -60,6 +61,8 @@ def restore(
         fail(str(e))
     if upscale is not None and upscale <= 0:
         fail("--upscale must be positive")
+    if detector not in ("hog", "cnn"):
+        fail(f"--detector must be hog or cnn, not {detector!r}")
     if ext != "auto" and f".{ext.lower().lstrip('.')}" not in images.EXTENSIONS:
         fail(f"--ext {ext}: not a supported image format")
     from panini_models import sharding
@@ -70,7 +73,8 @@ def restore(
     jobs = images.list_images(inputs, recursive=recursive, problems=problems, exclude=[out_dir])
     settings = RestoreSettings(model, precision, aligned, landmarks, only_center_face, max_faces, min_face,
                                max_pixels, batch_size, workers, str(out_dir), ext, suffix, sorted(kinds), upscale,
-                               [str(p) for p, _ in jobs], force, strength, colour, [str(r) for _, r in jobs])
+                               [str(p) for p, _ in jobs], force, strength, colour, [str(r) for _, r in jobs],
+                               detector)
     if len(devices) == 1:
         load_restorer(model, devices[0], precision)          # fail early (one line); reused in-process
     else:
@@ -143,6 +147,7 @@ class RestoreSettings:
     strength: float = 1.0
     colour: bool = True
     rels: list = ()                  # every input's relative path: outputs.Layout tells colliding stems apart
+    detector: str = "hog"
 
 
 def restore_worker(device: str, s: RestoreSettings, items):
@@ -153,7 +158,7 @@ def restore_worker(device: str, s: RestoreSettings, items):
     restorer = load_restorer(s.model, device, s.precision)
     batch_size = batch_size_that_fits(restorer, s.batch_size)
     preparer = make_preparer(restorer.in_size, s.aligned, s.landmarks, s.only_center_face, s.max_faces,
-                             s.min_face, s.max_pixels)
+                             s.min_face, s.max_pixels, detector=s.detector, device=device)
     layout = outputs.Layout(Path(s.out_dir), s.ext, s.suffix, s.rels)
     write_args = dict(layout=layout, kinds=set(s.kinds), protected=images.ProtectedPaths(s.inputs),
                       aligned=s.aligned, upscale=s.upscale, in_size=restorer.in_size,

@@ -10,7 +10,7 @@ from typing import Optional
 import typer
 
 from ..console import console, err_console, fail
-from ..modelopts import COLOUR, FORCE, STRENGTH
+from ..modelopts import COLOUR, DETECTOR, FORCE, STRENGTH
 
 CONTAINERS = (".mp4", ".mkv", ".mov", ".m4v", ".webm")
 
@@ -66,6 +66,7 @@ def video(
     force: bool = FORCE,
     strength: float = STRENGTH,
     colour: bool = COLOUR,
+    detector: str = DETECTOR,
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or notes."),
     json_summary: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
 ) -> None:
@@ -100,7 +101,7 @@ def video(
                                 smooth=smooth, smooth_vdr=smooth_vdr, detect_every=detect_every,
                                 chunk_frames=chunk_frames, landmarks=landmarks, min_face=min_face, max_faces=max_faces,
                                 encoding=vid.Encoding(codec, crf, preset, pix_fmt), force=force,
-                                strength=strength, colour=colour)
+                                strength=strength, colour=colour, detector=detector)
     except vid.VideoError as e:
         fail(str(e))
     if settings.duration is not None and settings.duration <= 0:
@@ -158,7 +159,9 @@ def _run(src, out, note, settings, model, devices, precision, landmarks, batch_s
         restorer, in_size, variant = None, net.config.in_size, net.config.variant
         workers = Workers(devices, model, precision, batch_size, in_size, net.dre)
         del net
-    detector = make_preparer(in_size, False, landmarks, pad=0.0).make_detector()   # checks the face models load
+    search_device = devices[0] if str(devices[0]).startswith("cuda") else "cpu"
+    detector = make_preparer(in_size, False, landmarks, pad=0.0, detector=settings.detector,
+                             device=search_device).make_detector()   # checks the face models load
     bs = (batch_size_that_fits(restorer, batch_size) if restorer is not None
           else batch_size or default_batch_size(devices[0]))
     if settings.smooth_vdr and variant != "mfr" and not quiet:

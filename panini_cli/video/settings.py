@@ -28,6 +28,7 @@ class Settings:
     force: bool = False               # guard.GuardOptions: restore every face
     strength: float = 1.0
     colour: bool = True
+    detector: str = "hog"             # the whole-frame search (tracking keeps its HOG region search)
 
 
 def make_tracker(s: Settings, detector, fps: float):
