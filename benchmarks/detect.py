@@ -1,7 +1,9 @@
 """Face detection: dlib HOG against the torch MMOD CNN (panini_cli/detectors.py).
 
 Run:  nice python benchmarks/detect.py [--n 100] [--sizes 30 40 50 60 80 100]
-          [--detectors hog hog-pad cnn cnn-n4 cnn-n3 cnn-min30] [--only time ffhq fp recall]
+          [--detectors hog cnn cnn-fp32 cnn-min40-t0 ...] [--only time ffhq fp recall]
+      (detector names: hog | cnn, then options: -pad, -minN, -tN (threshold -N/10), -t0,
+      -nN (pyramid), -fp32 / -bf16; see detector_options)
       nice python benchmarks/detect.py --fit      # measure the box constants of detectors.py
 
 Prints markdown tables:
@@ -230,22 +232,35 @@ def ffhq_crop_error(face, offset: int, size: int) -> float:
 
 
 # ---------------------------------------------------------------- the tables
+def detector_options(name: str) -> tuple[str, dict]:
+    """'cnn-min30-t04-n5-fp32' -> ('cnn', {min_face: 30, threshold: -0.4, pyramid: 5,
+    precision: 'fp32'}); 'hog-pad' -> ('hog', {pad: 0.1}). Tokens: minN (min_face), tN
+    (threshold -N/10), t0 (threshold 0), nN (pyramid), fp32 / bf16 (precision), pad."""
+    kind, *tokens = name.split("-")
+    opts: dict = {}
+    for t in tokens:
+        if t == "pad":
+            opts["pad"] = 0.1                                         # faces.DlibDetector's mirror pad
+        elif t in ("fp32", "bf16"):
+            opts["precision"] = t
+        elif t.startswith("min"):
+            opts["min_face"] = float(t[3:])
+        elif t.startswith("t") and t[1:].isdigit():
+            opts["threshold"] = -int(t[1:]) / 10
+        elif t.startswith("n") and t[1:].isdigit():
+            opts["pyramid"] = int(t[1:])
+        else:
+            raise ValueError(f"unknown detector token {t!r} in {name!r}")
+    return kind, opts
+
+
 def detectors(names: list[str]) -> dict:
     from panini_cli.detectors import make_detector
 
-    known = {"hog": lambda: make_detector("hog"),
-             "hog-pad": lambda: make_detector("hog", pad=0.1),        # faces.DlibDetector's mirror pad
-             "cnn": lambda: make_detector("cnn"),
-             "cnn-n4": lambda: make_detector("cnn", pyramid=4),
-             "cnn-n3": lambda: make_detector("cnn", pyramid=3),
-             "cnn-min30": lambda: make_detector("cnn", min_face=30),
-             "cnn-min60": lambda: make_detector("cnn", min_face=60)}
     out = {}
     for n in names:
-        try:
-            out[n] = known[n]()
-        except TypeError as e:                                        # e.g. no pad in this faces.py
-            print(f"note: {n} skipped ({e})", file=sys.stderr)
+        kind, opts = detector_options(n)
+        out[n] = make_detector(kind, **opts)
     return out
 
 
@@ -273,15 +288,44 @@ def recall_tables(dets: dict, n: int, sizes: list[int]) -> None:
                       flush=True)
 
 
+def degraded_face_free(images) -> list[tuple[str, np.ndarray]]:
+    """Each face-free image made old-photo-like and JPEG q15, at its size and at half:
+    the degradations that bring out a low score cut's false positives."""
+    rng = np.random.default_rng(11)
+    out = []
+    for name, im in images:
+        for kind in ("old", "jpeg"):
+            for f in (1.0, 0.5):
+                x = im if f == 1 else cv2.resize(im, None, fx=f, fy=f, interpolation=cv2.INTER_AREA)
+                out.append((f"{name}:{kind}:{f}", degrade(x, kind, rng)))
+    return out
+
+
 def false_positive_table(dets: dict) -> None:
-    images = face_free_images()
-    print(f"\n## Face-free images ({len(images)}: {len(FACE_FREE_CORNERS)} photos' corners checked by eye, "
-          f"24 synthetic textures)\n")
-    print("| detector | images with a detection | detections | where |\n|---|---|---|---|")
+    clean = face_free_images()
+    sets = {"clean": clean, "degraded": degraded_face_free(clean)}
+    print(f"\n## Face-free images ({len(clean)}: {len(FACE_FREE_CORNERS)} photos' corners checked by eye, "
+          f"24 synthetic textures; and {len(sets['degraded'])} degraded versions: old and JPEG q15, full and "
+          f"half size)\n")
+    print("CNN margin: the best score of any detection on them with the score cut lowered to -1.2.\n")
+    print("| detector | clean: images with a detection | degraded: images with a detection | where | "
+          "CNN margin |\n|---|---|---|---|---|")
+    from panini_cli.detectors import make_detector
+
     for dname, det in dets.items():
-        hits = [(name, len(f)) for (name, _), f in zip(images, det.detect_many([im for _, im in images])) if f]
-        where = ", ".join(f"{nm} ({k})" for nm, k in hits) or "-"
-        print(f"| {dname} | {len(hits)} | {sum(k for _, k in hits)} | {where} |", flush=True)
+        kind, opts = detector_options(dname)
+        margin, cut = "-", None
+        if kind == "cnn":              # one search at -1.2: dlib's NMS keeps a box whatever lower
+            cut = det.threshold        # boxes exist, so the detections above the cut are the same
+            det = make_detector("cnn", **{**opts, "threshold": -1.2})
+        found = {k: det.detect_many([im for _, im in v]) for k, v in sets.items()}
+        if cut is not None:
+            scores = [f.score for fs in found.values() for faces in fs for f in faces]
+            margin = f"{max(scores):.2f}" if scores else "none above -1.2"
+            found = {k: [[f for f in faces if f.score > cut] for faces in fs] for k, fs in found.items()}
+        hits = {k: [(name, len(f)) for (name, _), f in zip(sets[k], fs) if f] for k, fs in found.items()}
+        where = ", ".join(f"{nm} ({k})" for nm, k in hits["clean"] + hits["degraded"]) or "-"
+        print(f"| {dname} | {len(hits['clean'])} | {len(hits['degraded'])} | {where} | {margin} |", flush=True)
 
 
 def whole_photo_tables(dets: dict) -> None:
@@ -349,9 +393,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=100, help="held-out faces per recall cell")
     ap.add_argument("--sizes", type=int, nargs="+", default=[30, 40, 50, 60, 80, 100])
-    ap.add_argument("--detectors", nargs="+", default=["hog", "hog-pad", "cnn", "cnn-n4", "cnn-n3", "cnn-min30"])
+    ap.add_argument("--detectors", nargs="+", default=["hog", "hog-pad", "cnn", "cnn-fp32", "cnn-min40-t0"])
     ap.add_argument("--only", nargs="+", default=["time", "ffhq", "fp", "recall"],
                     choices=["time", "ffhq", "fp", "recall"])
+    ap.add_argument("--threads", type=int, help="torch threads (default: torch's own choice)")
     ap.add_argument("--fit", action="store_true", help="measure detectors.MMOD_TO_HOG / LANDMARKS_TO_HOG instead")
     args = ap.parse_args()
     if not UTK.is_dir() or not WHOLE.is_dir():
@@ -359,11 +404,14 @@ def main() -> None:
     if args.fit:
         fit_boxes()
         return
+    if args.threads:
+        import torch
+        torch.set_num_threads(args.threads)
     dets = detectors(args.detectors)
     if "time" in args.only:
         whole_photo_tables(dets)
     if "ffhq" in args.only:
-        ffhq_table({k: v for k, v in dets.items() if k in ("hog", "hog-pad", "cnn", "cnn-n4")})
+        ffhq_table(dets)
     if "fp" in args.only:
         false_positive_table(dets)
     if "recall" in args.only:

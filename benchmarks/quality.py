@@ -158,7 +158,8 @@ def read_manifest(out: Path) -> dict[str, dict]:
 
 
 def evaluate_case(name: str, case: dict, items: list[dict], work: Path, model: str, ident: Identity,
-                  dump: list | None, only_force: bool = False, tag: str = "") -> None:
+                  dump: list | None, only_force: bool = False, tag: str = "", skip_force: bool = False,
+                  cli_extra: tuple = ()) -> None:
     cdir = work / (model.replace("/", "_") + tag) / name
     (cdir / "in").mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(list(CASES).index(name))
@@ -176,8 +177,9 @@ def evaluate_case(name: str, case: dict, items: list[dict], work: Path, model: s
     k = case["upscale"]
     times = {"panini": 0.0}
     for tag, extra in (("panini", []), ("force", ["--force"])):
-        if tag == "force" or not only_force:
-            times[tag] = run_cli(cdir / "in", cdir / tag, k, model, extra)
+        if (tag == "force" and not skip_force) or (tag == "panini" and not only_force):
+            times[tag] = run_cli(cdir / "in", cdir / tag, k, model, [*extra, *cli_extra])
+    times.setdefault("force", 0.0)
     man = {t: read_manifest(cdir / t) if (cdir / t / "manifest.jsonl").exists() else {} for t in ("panini", "force")}
     rows = {t: {"psnr": [], "ssim": [], "id": []} for t in ("input", "panini", "force")}
     counts = {"restored": 0, "left": 0, "undetected": 0}
@@ -243,6 +245,9 @@ def main() -> int:
     ap.add_argument("--no-hq", action="store_true", help="held-out UTKFace faces only")
     ap.add_argument("--only-force", action="store_true", help="run --force only (calibration data)")
     ap.add_argument("--no-identity", action="store_true", help="skip the identity column (faster)")
+    ap.add_argument("--skip-force", action="store_true",
+                    help="default flags only (the --force rows then show the input)")
+    ap.add_argument("--detector", help="pass --detector to the CLI (outputs go to a directory of their own)")
     a = ap.parse_args()
     if not (SHARED / "data").is_dir():
         print(f"needs {SHARED / 'data'} (../shared beside the repository)")
@@ -253,7 +258,9 @@ def main() -> int:
     per_kind = ", ".join(f"{k} {sum(i['kind'] == k for i in items)}" for k in a.kinds.split(","))
     print(f"model {a.model}; {len(items)} ground-truth photos ({per_kind})")
     for name in a.cases.split(","):
-        evaluate_case(name, CASES[name], items, a.work, a.model, ident, dump, a.only_force, f"_{a.first}")
+        evaluate_case(name, CASES[name], items, a.work, a.model, ident, dump, a.only_force,
+                      f"_{a.first}" + (f"_{a.detector}" if a.detector else ""), a.skip_force,
+                      ("--detector", a.detector) if a.detector else ())
     if dump is not None:
         a.dump.write_text("".join(json.dumps(d) + "\n" for d in dump))
     return 0

@@ -36,6 +36,14 @@ REFINE_PASSES = {"68": 3, "5": 0}
 # faces recall at scale s falls from ~100% at 80 / s px to ~0 at 60 / s px (measured at
 # s = 1, 1.5, 2, 2.67). Images are enlarged by this / min_face to reach min_face.
 CNN_MIN_FACE_AT_1X = 80.0
+# Defaults, measured on held-out faces (benchmarks/detect.py): searching for faces from
+# 30 px (images enlarged up to 80/30 = 2.67x) takes 30 px faces from ~2% to 100% (clean)
+# and 80% (JPEG q15). A score cut of -0.4 instead of dlib's 0 adds 4-15 points of recall
+# on degraded faces of 40-50 px; the best score on 650 face-free images (photo corners
+# and synthetic textures, clean and degraded) was -0.53, and the extra detections on the
+# shared whole photos and video frames between -0.4 and 0 were all real (partly hidden) faces.
+CNN_MIN_FACE = 30.0
+CNN_THRESHOLD = -0.4
 
 
 def find_mmod_model() -> Path:
@@ -82,19 +90,20 @@ class CnnDetector:
     size (faces from ~80 px), images above `max_side` shrunk first: DlibDetector's policy. The searched image is
     mirrored out by `pad` px (faces cut by the border are found far more often; boxes
     centred in the mirror are dropped). `pyramid` is the pyramid's N (levels shrink by
-    (N-1)/N; dlib's 6; smaller is coarser and faster). `threshold`: MMOD score cut (dlib: 0).
-    Landmarks always come from the full-resolution image.
+    (N-1)/N; dlib's 6; smaller is coarser and faster). `threshold`: MMOD score cut (dlib's is 0).
+    `precision`: the convs' arithmetic ('auto': bf16 on CPUs with AMX, else fp32; see
+    panini_models.mmod.auto_precision). Landmarks always come from the full-resolution image.
     """
 
-    def __init__(self, landmarks: str = "68", device: str = "cpu", min_face: float = 40.0,
-                 max_side: int = 2048, max_pixels: float = 6.0e6, threshold: float = 0.0,
+    def __init__(self, landmarks: str = "68", device: str = "cpu", min_face: float = CNN_MIN_FACE,
+                 max_side: int = 2048, max_pixels: float = 6.0e6, threshold: float = CNN_THRESHOLD,
                  pyramid: int = 6, pad: int = 32, box_map: tuple[float, float, float] | None = None,
-                 predictor_path=None, model_path=None):
+                 precision: str = "auto", predictor_path=None, model_path=None):
         if landmarks not in PREDICTOR_FILES:
             raise ValueError(f"landmarks must be '68' or '5', not {landmarks!r}")
         self.landmarks, self.device, self.min_face = landmarks, device, min_face
         self.max_side, self.max_pixels, self.threshold, self.pyramid = max_side, max_pixels, threshold, pyramid
-        self.pad, self.box_map = pad, box_map
+        self.pad, self.box_map, self.precision = pad, box_map, precision
         self.predictor_path, self.model_path = predictor_path, model_path
         self._net = self._shape = self._dlib = None
 
@@ -107,7 +116,8 @@ class CnnDetector:
 
         path = Path(self.predictor_path) if self.predictor_path else find_predictor(self.landmarks)
         self._shape, self._dlib = dlib.shape_predictor(str(path)), dlib
-        self._net = MMODDetector(self.model_path or find_mmod_model(), device=self.device, pyramid=self.pyramid)
+        self._net = MMODDetector(self.model_path or find_mmod_model(), device=self.device, pyramid=self.pyramid,
+                                 precision=self.precision)
 
     def scale_for(self, h: int, w: int) -> float:
         """The factor an h x w image is searched at: enlarged for `min_face` only under

@@ -14,8 +14,13 @@ STRENGTH = typer.Option(1.0, "--strength", min=0.0, max=1.0,
                         help="Blend of the restored face with the input face: 1 = restored only, 0 = the input.")
 COLOUR = typer.Option(True, "--color-match/--no-color-match",
                       help="Shift the restored face's mean colour to the input face's.")
-DETECTOR = typer.Option("hog", "--detector", help="Face detector: hog (dlib HOG, fast) or cnn (dlib's MMOD CNN "
-                                                  "in torch: finds far more degraded faces, ~3x slower).")
+# The CNN finds far more degraded and small faces than HOG (benchmarks/detect.py) in
+# about HOG's wall time on a CPU with AMX (~1.7x its single-thread CPU time; ~5.7x on
+# CPUs without AMX, which run it in fp32). video uses it for the whole-frame search only.
+DEFAULT_DETECTOR = "cnn"
+DETECTOR = typer.Option(DEFAULT_DETECTOR, "--detector",
+                        help="Face detector: cnn (dlib's MMOD CNN in torch: finds degraded and small faces) or "
+                             "hog (dlib HOG: cheaper on CPUs without AMX, misses many degraded faces).")
 
 
 def resolve_device(device: str | None, gpu: int | None) -> str:
@@ -106,7 +111,7 @@ DETECT_PAD = 0.1
 
 def make_preparer(in_size: int, aligned: bool, landmarks: str = "68", only_center_face: bool = False,
                   max_faces: int | None = None, min_face: float = 16.0, max_pixels: int | None = None,
-                  pad: float = DETECT_PAD, detector: str = "hog", device: str = "cpu"):
+                  pad: float = DETECT_PAD, detector: str = DEFAULT_DETECTOR, device: str = "cpu"):
     """The pipeline's decode/detect/align step; checks the face models load before any work."""
     import numpy as np
 

@@ -20,7 +20,9 @@ torch = pytest.importorskip("torch")
 from panini_cli import detectors as D                                   # noqa: E402
 from panini_cli.faces import FaceModelError, ffhq_quad                 # noqa: E402
 from panini_models.dlib_format import MMODFormatError, _Reader, parse_mmod   # noqa: E402
-from panini_models.mmod import MMODDetector, pyramid_layout            # noqa: E402
+from panini_models.mmod import (MMODDetector, MMODNet, auto_precision, pyramid_layout,   # noqa: E402
+                                 relu_bits_, tile_pyramid, tile_pyramid_u8)
+from panini_models.mmod_pyramid import uncovered                       # noqa: E402
 
 WHOLE, ALIGNED, UTK = DATA / "whole_photos", DATA / "faces_aligned", DATA / "trainset" / "utkface"
 
@@ -83,6 +85,73 @@ def test_pyramid_layout_geometry():
             assert a[2] + 10 < b[0] or b[2] + 10 < a[0] or a[3] + 10 < b[1] or b[3] + 10 < a[1]
 
 
+def test_relu_bits_equals_relu():
+    x = torch.randn(4, 16, 9, 11).contiguous(memory_format=torch.channels_last)
+    x[0, 0, 0, :5] = torch.tensor([-0.0, 0.0, float("inf"), -float("inf"), -1e-30])
+    for dtype in (torch.float32, torch.bfloat16, torch.float16):
+        y = x.to(dtype)
+        want = torch.relu(y)
+        got = relu_bits_(y.clone())
+        assert torch.equal(got, want) and not torch.signbit(got).any(), dtype   # -0.0 becomes +0.0 too
+
+
+def test_uncovered_bands_complement_the_tiles():
+    for h, w, H, W in ((375, 500, None, None), (40, 33, None, None), (160, 160, 300, 290)):
+        rects, ch, cw = pyramid_layout(h, w)
+        H, W = H or ch, W or cw                                        # a batch canvas may be larger
+        count = np.zeros((H, W), int)
+        for x0, y0, x1, y1 in rects:
+            count[y0:y1 + 1, x0:x1 + 1] += 1
+        for y0, y1, x0, x1 in uncovered(rects, H, W):
+            count[y0:y1, x0:x1] += 1
+        assert (count == 1).all()                                      # every pixel exactly once
+
+
+def _photo_rgb(side=300):
+    return rgb(WHOLE / "facerec_two_people.jpg", side)
+
+
+def test_fast_pyramid_matches_the_reference():
+    """tile_pyramid_u8 (uint8 levels, raw values, mean outside the tiles) against
+    tile_pyramid (fp32 levels, normalised, zero outside): within 3 / 255 per pixel; the
+    margin of a larger batch canvas holds the mean as well."""
+    img = _photo_rgb()
+    mean = torch.tensor((122.782, 117.001, 104.298))
+    rects, ch, cw = pyramid_layout(*img.shape[:2])
+    t = torch.from_numpy(img[None])
+    ref = tile_pyramid((t.permute(0, 3, 1, 2).float() - mean[:, None, None]) / 256.0, rects, (ch, cw))
+    fast = torch.full((1, ch + 7, cw + 5, 3), float("nan"))
+    tile_pyramid_u8(t, rects, fast, mean)
+    assert not fast.isnan().any()
+    norm = (fast - mean) / 256.0
+    diff = (norm[0, :ch, :cw].permute(2, 0, 1) - ref[0]).abs()
+    assert diff.max() * 256 <= 3.0 and diff.mean() * 256 < 0.3, (diff.max() * 256, diff.mean() * 256)
+    assert norm[0, ch:].abs().max() < 1e-6 and norm[0, :, cw:].abs().max() < 1e-6
+
+
+def test_folded_normalisation_equals_the_normalised_input(model_path):
+    """MMODNet(raw_input=True) on raw 0-255 values gives the scores MMODNet gives on
+    (x - mean) / 256: the fold is exact up to float rounding."""
+    spec = parse_mmod(model_path)
+    plain, raw = MMODNet(spec).eval(), MMODNet(spec, raw_input=True).eval()
+    img = torch.from_numpy(_photo_rgb(700)[None]).permute(0, 3, 1, 2).float()
+    mean = torch.tensor(spec.mean_rgb)[:, None, None]
+    rects, ch, cw = pyramid_layout(*img.shape[2:])
+    canvas = tile_pyramid((img - mean) / 256.0, rects, (ch, cw))      # the whole pyramid, blanks included
+    with torch.inference_mode():
+        a, b = plain(canvas), raw(canvas * 256.0 + mean)
+    assert a.shape == b.shape and (a - b).abs().max() < 1e-3, (a - b).abs().max()
+    assert a.max() > 0                                                 # a face is in there
+
+
+def test_auto_precision():
+    amx = bool(getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)())
+    assert auto_precision(torch.device("cpu")) == ("bf16" if amx else "fp32")
+    assert auto_precision(torch.device("cuda", 0)) == "fp32"
+    with pytest.raises(ValueError):
+        MMODDetector(D.find_mmod_model(), precision="int8")
+
+
 PORT_IMAGES = [(WHOLE / "deepface_couple.jpg", 300), (WHOLE / "dlib_2008_001322.jpg", None),
                (WHOLE / "facerec_two_people.jpg", 360), (WHOLE / "skimage_astronaut.png", 320),
                (UTK / "100_1_0_20170110183726390.jpg.chip.jpg", None),
@@ -118,6 +187,30 @@ def test_batched_equals_one_by_one(ours, port_cases):
     for a, b in zip(alone, ours(images)):
         assert a.shape == b.shape and np.array_equal(a[:, :4], b[:, :4])
         assert np.abs(a[:, 4] - b[:, 4]).max(initial=0) < 1e-4
+
+
+def test_bf16_fast_path_finds_what_fp32_finds(model_path, port_cases):
+    """The fast path (uint8 pyramid, bf16 convs) against the exact fp32 port: the same
+    faces on the port images (boxes overlapping, as the winning pyramid position may move
+    by one step), scores within 0.1."""
+    fast = MMODDetector(model_path, precision="bf16")
+    ref = MMODDetector(model_path)
+    n = 0
+    for img, _ in port_cases:
+        a, b = ref([img])[0], fast([img])[0]
+        assert len(a) == len(b), (a, b)
+        for box in a:
+            j = int(np.argmin(np.abs(b[:, :4] - box[:4]).sum(1)))
+            assert _iou(box[:4], b[j, :4]) > 0.7 and abs(box[4] - b[j, 4]) < 0.1, (box, b[j])
+            n += 1
+    assert n >= 7
+
+
+def _iou(a, b):
+    w = min(a[2], b[2]) - max(a[0], b[0]) + 1
+    h = min(a[3], b[3]) - max(a[1], b[1]) + 1
+    inter = max(w, 0) * max(h, 0)
+    return inter / ((a[2] - a[0] + 1) * (a[3] - a[1] + 1) + (b[2] - b[0] + 1) * (b[3] - b[1] + 1) - inter)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")

@@ -10,7 +10,7 @@ from typing import List, Optional
 import typer
 
 from ..console import console, err_console, fail
-from ..modelopts import COLOUR, DETECTOR, FORCE, STRENGTH
+from ..modelopts import COLOUR, DEFAULT_DETECTOR, DETECTOR, FORCE, STRENGTH
 
 
 def restore(
@@ -147,7 +147,7 @@ class RestoreSettings:
     strength: float = 1.0
     colour: bool = True
     rels: list = ()                  # every input's relative path: outputs.Layout tells colliding stems apart
-    detector: str = "hog"
+    detector: str = DEFAULT_DETECTOR
 
 
 def restore_worker(device: str, s: RestoreSettings, items):

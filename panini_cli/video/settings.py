@@ -9,6 +9,7 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..modelopts import DEFAULT_DETECTOR
 from .chunks import Partial
 from .ffmpeg_io import Encoding, FrameReader, VideoError, VideoInfo
 
@@ -28,7 +29,7 @@ class Settings:
     force: bool = False               # guard.GuardOptions: restore every face
     strength: float = 1.0
     colour: bool = True
-    detector: str = "hog"             # the whole-frame search (tracking keeps its HOG region search)
+    detector: str = DEFAULT_DETECTOR  # the whole-frame search (tracking keeps its HOG region search)
 
 
 def make_tracker(s: Settings, detector, fps: float):
