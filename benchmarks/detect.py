@@ -5,10 +5,12 @@ Run:  nice python benchmarks/detect.py [--n 100] [--sizes 30 40 50 60 80 100]
       (detector names: hog | cnn, then options: -pad, -minN, -tN (threshold -N/10), -t0,
       -nN (pyramid), -fp32 / -bf16; see detector_options)
       nice python benchmarks/detect.py --fit      # measure the box constants of detectors.py
+      python benchmarks/detect.py --only time --device cuda --landmarks 5   # the GPU (scripts/device_check.sh)
 
 Prints markdown tables:
 - time per whole photo (the 38 shared photos, landmarks included, detectors interleaved
-  photo by photo so they share the machine's noise; wall and process CPU time, ratios);
+  photo by photo so they share the machine's noise; wall and process CPU time, ratios),
+  and photos/s with all photos in one batched call;
 - detections on the whole photos where the detectors disagree, and the astronaut's boxes;
 - FFHQ crop error: each FFHQ-aligned HQ crop (gpen_ffhq_*, barbershop_*, diffpir_*,
   ddnm_*, psp_*, restyle_*) resized to S px and centred in a grey 1.5 S canvas is
@@ -254,13 +256,14 @@ def detector_options(name: str) -> tuple[str, dict]:
     return kind, opts
 
 
-def detectors(names: list[str]) -> dict:
+def detectors(names: list[str], device: str = "cpu", landmarks: str = "68") -> dict:
+    """The named detectors; the CNN ones on `device` (HOG runs on the CPU)."""
     from panini_cli.detectors import make_detector
 
     out = {}
     for n in names:
         kind, opts = detector_options(n)
-        out[n] = make_detector(kind, **opts)
+        out[n] = make_detector(kind, landmarks, device, **opts)
     return out
 
 
@@ -352,16 +355,22 @@ def whole_photo_tables(dets: dict) -> None:
         if len(set(row)) > 1:
             print(f"| {name} | " + " | ".join(map(str, row)) + " |")
     print("| total | " + " | ".join(str(sum(counts[d])) for d in dets) + " |")
-    print("\nskimage_astronaut.png boxes (the face is near x 170-250, y 40-130; the patch lower right):")
-    for d in dets:
-        print(f"  {d}: {boxes['skimage_astronaut.png', d]}")
+    if any(name == "skimage_astronaut.png" for name, _ in photos):
+        print("\nskimage_astronaut.png boxes (the face is near x 170-250, y 40-130; the patch lower right):")
+        for d in dets:
+            print(f"  {d}: {boxes['skimage_astronaut.png', d]}")
+    batched = {}
+    for dname, det in dets.items():                                   # all photos in one call
+        t = time.perf_counter()
+        det.detect_many([img for _, img in photos])
+        batched[dname] = time.perf_counter() - t
     base = next(iter(dets))
     print(f"\n## Time per whole photo (mean of {len(photos)}, landmarks included; torch threads: "
           f"{_torch_threads()})\n")
-    print(f"| detector | wall s | CPU s | wall / {base} | CPU / {base} |\n|---|---|---|---|---|")
+    print(f"| detector | wall s | CPU s | wall / {base} | CPU / {base} | batched: photos/s |\n|---|---|---|---|---|---|")
     for d in dets:
         print(f"| {d} | {wall[d] / len(photos):.3f} | {cpu[d] / len(photos):.3f} | {wall[d] / wall[base]:.2f} | "
-              f"{cpu[d] / cpu[base]:.2f} |")
+              f"{cpu[d] / cpu[base]:.2f} | {len(photos) / batched[d]:.1f} |")
 
 
 def _torch_threads():
@@ -397,17 +406,22 @@ def main() -> None:
     ap.add_argument("--only", nargs="+", default=["time", "ffhq", "fp", "recall"],
                     choices=["time", "ffhq", "fp", "recall"])
     ap.add_argument("--threads", type=int, help="torch threads (default: torch's own choice)")
+    ap.add_argument("--device", default="cpu", help="where the CNN detectors run: cpu, cuda, cuda:N")
+    ap.add_argument("--landmarks", default="68", choices=["68", "5"], help="dlib landmark model (5: the small one)")
     ap.add_argument("--fit", action="store_true", help="measure detectors.MMOD_TO_HOG / LANDMARKS_TO_HOG instead")
     args = ap.parse_args()
-    if not UTK.is_dir() or not WHOLE.is_dir():
-        sys.exit(f"needs the shared data under {DATA}")
+    needs = [WHOLE] + ([UTK] if args.fit or "recall" in args.only else []) + ([ALIGNED] if "ffhq" in args.only else [])
+    missing = [str(d) for d in needs if not d.is_dir()]
+    if missing:
+        sys.exit(f"needs the shared data: {', '.join(missing)} not found")
     if args.fit:
         fit_boxes()
         return
     if args.threads:
         import torch
         torch.set_num_threads(args.threads)
-    dets = detectors(args.detectors)
+    dets = detectors(args.detectors, args.device, args.landmarks)
+    print(f"CNN detectors on {args.device}, {args.landmarks}-point landmarks")
     if "time" in args.only:
         whole_photo_tables(dets)
     if "ffhq" in args.only:

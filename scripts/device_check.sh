@@ -157,6 +157,12 @@ EOF
         echo "skipped torch.compile: $t s left (a compile of MFR takes about a minute)" | tee -a "$NOTES"
     fi
 
+    t=$(( $(left) - 8 ))
+    [ $t -gt 45 ] && t=45
+    step "benchmarks/detect.py: the CNN face detector on $rdev (the carried whole photos)"
+    run_for $t detect "$PY" benchmarks/detect.py --only time --device "$rdev" --landmarks 5 \
+        --detectors hog cnn-fp32 cnn-bf16 > "$OUT/detect.md"
+
     step "report"
     "$PY" - "$OUT" "$DRY" "$((SECONDS - T0))" "$NOTES" <<'EOF'
 import json, sys, xml.etree.ElementTree as ET
@@ -248,6 +254,9 @@ else:
     goals.append(("restore --aligned end to end >= 0.8x the model-only rate", False, "no result"))
 lines[3:3] = ["", "## goals", "", "| goal | met | measured |", "| --- | --- | --- |",
               *[f"| {g} | {'yes' if ok else 'NO'} | {m} |" for g, ok, m in goals]]
+det = out / "detect.md"
+if det.exists() and det.read_text().strip():
+    lines += ["", "## face detection (benchmarks/detect.py --only time)", "", det.read_text().strip()]
 (out / "report.md").write_text("\n".join(lines) + "\n")
 print("\n".join(lines[:12 + len(goals)]))
 EOF
