@@ -331,11 +331,19 @@ def false_positive_table(dets: dict) -> None:
         print(f"| {dname} | {len(hits['clean'])} | {len(hits['degraded'])} | {where} | {margin} |", flush=True)
 
 
-def whole_photo_tables(dets: dict) -> None:
-    """Detections per photo (where the detectors disagree) and time per photo."""
-    photos = [(p.name, cv2.imread(str(p))) for p in sorted(WHOLE.iterdir())]
+def whole_photo_tables(dets: dict, scales: list[float] = (1.0,)) -> None:
+    """Detections per photo (where the detectors disagree) and time per photo; each photo
+    also enlarged by the other `scales` (the device carries one photo: sizes up to 1080p)."""
+    photos = []
+    for p in sorted(WHOLE.iterdir()):
+        img = cv2.imread(str(p))
+        for f in scales:
+            photos.append((p.name if f == 1 else f"{p.name}@{f:g}x",
+                           img if f == 1 else cv2.resize(img, None, fx=f, fy=f, interpolation=cv2.INTER_CUBIC)))
+    if not photos:
+        sys.exit(f"no photos in {WHOLE}")
     for det in dets.values():
-        det.detect(photos[1][1])                                      # load models, warm up
+        det.detect(photos[0][1])                                      # load models, warm up
     counts = {d: [] for d in dets}
     wall = {d: 0.0 for d in dets}
     cpu = {d: 0.0 for d in dets}
@@ -407,6 +415,8 @@ def main() -> None:
                     choices=["time", "ffhq", "fp", "recall"])
     ap.add_argument("--threads", type=int, help="torch threads (default: torch's own choice)")
     ap.add_argument("--device", default="cpu", help="where the CNN detectors run: cpu, cuda, cuda:N")
+    ap.add_argument("--photo-scales", type=float, nargs="+", default=[1.0],
+                    help="time each whole photo also at these scales (e.g. 1 2 3.2)")
     ap.add_argument("--landmarks", default="68", choices=["68", "5"], help="dlib landmark model (5: the small one)")
     ap.add_argument("--fit", action="store_true", help="measure detectors.MMOD_TO_HOG / LANDMARKS_TO_HOG instead")
     args = ap.parse_args()
@@ -423,7 +433,7 @@ def main() -> None:
     dets = detectors(args.detectors, args.device, args.landmarks)
     print(f"CNN detectors on {args.device}, {args.landmarks}-point landmarks")
     if "time" in args.only:
-        whole_photo_tables(dets)
+        whole_photo_tables(dets, args.photo_scales)
     if "ffhq" in args.only:
         ffhq_table(dets)
     if "fp" in args.only:

@@ -159,9 +159,9 @@ EOF
 
     t=$(( $(left) - 8 ))
     [ $t -gt 45 ] && t=45
-    step "benchmarks/detect.py: the CNN face detector on $rdev (the carried whole photos)"
+    step "benchmarks/detect.py: the CNN face detector on $rdev (the carried photo(s) at 1x, 2x, 3.2x)"
     run_for $t detect "$PY" benchmarks/detect.py --only time --device "$rdev" --landmarks 5 \
-        --detectors hog cnn-fp32 cnn-bf16 > "$OUT/detect.md"
+        --photo-scales 1 2 3.2 --detectors hog cnn-fp32 cnn-bf16 > "$OUT/detect.md"
 
     step "report"
     "$PY" - "$OUT" "$DRY" "$((SECONDS - T0))" "$NOTES" <<'EOF'
