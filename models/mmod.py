@@ -22,8 +22,7 @@ from .dlib_format import ConvSpec, MMODFormatError, MMODSpec, parse_mmod
 from .mmod_pyramid import pyramid_layout, tile_pyramid, tile_pyramid_u8
 
 __all__ = ["ConvSpec", "MMODDetector", "MMODFormatError", "MMODNet", "MMODSpec", "PRECISIONS", "auto_precision",
-           "parse_mmod", "pyramid_layout", "tile_pyramid",
-           "tile_pyramid_u8"]
+           "parse_mmod", "pyramid_layout", "relu_bits_", "tile_pyramid", "tile_pyramid_u8"]
 
 
 def _lround(v: np.ndarray) -> np.ndarray:

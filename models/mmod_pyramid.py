@@ -7,7 +7,7 @@ values, dlib's corner-aligned bilinear resize of each level from the previous on
 `tile_pyramid_u8` is the fast op: the same levels resized in uint8 (torch's vectorised
 channels-last path), written as raw 0-255 values into a bf16 canvas whose empty parts
 hold the mean colour, so the normalisation can be folded into the first conv
-(MMODNet(fold_mean=...)). tests/test_mmod.py compares the two.
+(MMODNet(raw_input=True)). tests/test_mmod.py compares the two.
 """
 from __future__ import annotations
 

@@ -16,8 +16,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from .faces import (PREDICTOR_FILES, DlibDetector, Face, FaceModelError, find_predictor,
-                    landmarks5_from_68, landmarks5_from_dlib5)
+from .faces import (PREDICTOR_FILES, DlibDetector, Face, FaceModelError, landmarks5_from_68,
+                    landmarks5_from_dlib5, load_shape_predictor)
 
 MMOD_FILE = "mmod_human_face_detector.dat"          # dlib's CNN face detector, CC0
 # HOG-like box from an MMOD box (square, side s, centre c): centre c + (dx, dy) * s,
@@ -38,9 +38,9 @@ REFINE_PASSES = {"68": 3, "5": 0}
 CNN_MIN_FACE_AT_1X = 80.0
 # Defaults, measured on held-out faces (benchmarks/detect.py): searching for faces from
 # 30 px (images enlarged up to 80/30 = 2.67x) takes 30 px faces from ~2% to 100% (clean)
-# and 80% (JPEG q15). A score cut of -0.4 instead of dlib's 0 adds 4-15 points of recall
+# and 85-88% (JPEG q15). A score cut of -0.4 instead of dlib's 0 adds 4-15 points of recall
 # on degraded faces of 40-50 px; the best score on 650 face-free images (photo corners
-# and synthetic textures, clean and degraded) was -0.53, and the extra detections on the
+# and synthetic textures, clean and degraded) was -0.52, and the extra detections on the
 # shared whole photos and video frames between -0.4 and 0 were all real (partly hidden) faces.
 CNN_MIN_FACE = 30.0
 CNN_THRESHOLD = -0.4
@@ -108,14 +108,9 @@ class CnnDetector:
         self._net = self._shape = self._dlib = None
 
     def _load(self) -> None:
-        try:
-            import dlib
-        except ImportError:
-            raise FaceModelError("face landmarks need dlib: pip install dlib-bin") from None
         from panini_models.mmod import MMODDetector
 
-        path = Path(self.predictor_path) if self.predictor_path else find_predictor(self.landmarks)
-        self._shape, self._dlib = dlib.shape_predictor(str(path)), dlib
+        self._dlib, self._shape = load_shape_predictor(self.landmarks, self.predictor_path)
         self._net = MMODDetector(self.model_path or find_mmod_model(), device=self.device, pyramid=self.pyramid,
                                  precision=self.precision)
 

@@ -86,6 +86,21 @@ def find_predictor(kind: str = "68") -> Path:
     raise FaceModelError(f"dlib landmark model {name} not found ({hint})")
 
 
+def load_shape_predictor(landmarks: str, predictor_path=None):
+    """(dlib, its shape predictor for `landmarks`), every failure as one FaceModelError line."""
+    try:
+        import dlib
+    except ImportError:
+        raise FaceModelError("face detection needs dlib: pip install dlib-bin") from None
+    path = Path(predictor_path) if predictor_path else find_predictor(landmarks)
+    if not path.is_file():
+        raise FaceModelError(f"dlib landmark model not found: {path}")
+    try:
+        return dlib, dlib.shape_predictor(str(path))
+    except RuntimeError as e:
+        raise FaceModelError(f"cannot load dlib landmark model {path}: {str(e).splitlines()[0]}") from None
+
+
 class DlibDetector:
     """dlib's HOG face detector plus a 68-point (FFHQ's own) or CC0 5-point landmark model.
 
@@ -107,18 +122,8 @@ class DlibDetector:
         self._dlib = self._hog = self._shape = None
 
     def _load(self) -> None:
-        try:
-            import dlib
-        except ImportError:
-            raise FaceModelError("face detection needs dlib: pip install dlib-bin") from None
-        path = Path(self.predictor_path) if self.predictor_path else find_predictor(self.landmarks)
-        if not path.is_file():
-            raise FaceModelError(f"dlib landmark model not found: {path}")
-        try:
-            self._shape = dlib.shape_predictor(str(path))
-        except RuntimeError as e:
-            raise FaceModelError(f"cannot load dlib landmark model {path}: {str(e).splitlines()[0]}") from None
-        self._hog, self._dlib = dlib.get_frontal_face_detector(), dlib
+        self._dlib, self._shape = load_shape_predictor(self.landmarks, self.predictor_path)
+        self._hog = self._dlib.get_frontal_face_detector()
 
     def detect(self, bgr8: np.ndarray) -> list[Face]:
         if self._dlib is None:
