@@ -3,7 +3,9 @@
 Run:  nice python benchmarks/detect.py [--n 100] [--sizes 30 40 50 60 80 100]
           [--detectors hog cnn cnn-fp32 cnn-min40-t0 ...] [--only time ffhq fp recall]
       (detector names: hog | cnn, then options: -pad, -minN, -tN (threshold -N/10), -t0,
-      -nN (pyramid), -fp32 / -bf16; see detector_options)
+      -nN (pyramid), -fp32 / -bf16, -degraded (the weights fine-tuned on degraded faces), -wN (the
+      N-th of --weights FILE ...);
+      see detector_options)
       nice python benchmarks/detect.py --fit      # measure the box constants of detectors.py
       python benchmarks/detect.py --only time --device cuda --landmarks 5   # the GPU (scripts/device_check.sh)
 
@@ -234,15 +236,23 @@ def ffhq_crop_error(face, offset: int, size: int) -> float:
 
 
 # ---------------------------------------------------------------- the tables
+WEIGHT_FILES: list[str] = []          # --weights: detector weight files, named w0, w1, ... in detector names
+
+
 def detector_options(name: str) -> tuple[str, dict]:
     """'cnn-min30-t04-n5-fp32' -> ('cnn', {min_face: 30, threshold: -0.4, pyramid: 5,
     precision: 'fp32'}); 'hog-pad' -> ('hog', {pad: 0.1}). Tokens: minN (min_face), tN
-    (threshold -N/10), t0 (threshold 0), nN (pyramid), fp32 / bf16 (precision), pad."""
+    (threshold -N/10), t0 (threshold 0), nN (pyramid), fp32 / bf16 (precision), pad,
+    dlib / degraded (which weights), wN (the N-th --weights file)."""
     kind, *tokens = name.split("-")
     opts: dict = {}
     for t in tokens:
         if t == "pad":
             opts["pad"] = 0.1                                         # faces.DlibDetector's mirror pad
+        elif t in ("dlib", "degraded"):
+            opts["weights"] = t                                       # dlib's own / fine-tuned weights
+        elif t.startswith("w") and t[1:].isdigit():
+            opts["weights"] = WEIGHT_FILES[int(t[1:])]                # --weights FILE ... (w0, w1, ...)
         elif t in ("fp32", "bf16"):
             opts["precision"] = t
         elif t.startswith("min"):
@@ -310,7 +320,8 @@ def false_positive_table(dets: dict) -> None:
     print(f"\n## Face-free images ({len(clean)}: {len(FACE_FREE_CORNERS)} photos' corners checked by eye, "
           f"24 synthetic textures; and {len(sets['degraded'])} degraded versions: old and JPEG q15, full and "
           f"half size)\n")
-    print("CNN margin: the best score of any detection on them with the score cut lowered to -1.2.\n")
+    print("CNN margin: the best score of any detection on them, searched with the score cut lowered by 0.8 "
+          "(dlib's weights: to -1.2).\n")
     print("| detector | clean: images with a detection | degraded: images with a detection | where | "
           "CNN margin |\n|---|---|---|---|---|")
     from panini_cli.detectors import make_detector
@@ -318,15 +329,18 @@ def false_positive_table(dets: dict) -> None:
     for dname, det in dets.items():
         kind, opts = detector_options(dname)
         margin, cut = "-", None
-        if kind == "cnn":              # one search at -1.2: dlib's NMS keeps a box whatever lower
+        if kind == "cnn":              # one search 0.8 lower: dlib's NMS keeps a box whatever lower
             cut = det.threshold        # boxes exist, so the detections above the cut are the same
-            det = make_detector("cnn", **{**opts, "threshold": -1.2})
-        found = {k: det.detect_many([im for _, im in v]) for k, v in sets.items()}
-        if cut is not None:
-            scores = [f.score for fs in found.values() for faces in fs for f in faces]
-            margin = f"{max(scores):.2f}" if scores else "none above -1.2"
-            found = {k: [[f for f in faces if f.score > cut] for faces in fs] for k, fs in found.items()}
-        hits = {k: [(name, len(f)) for (name, _), f in zip(sets[k], fs) if f] for k, fs in found.items()}
+            low = make_detector("cnn", **{**opts, "threshold": cut - 0.8})
+            # boxes only: landmarks on every low-scoring box would take most of the time
+            found = {k: low.boxes_many([np.ascontiguousarray(cv2.cvtColor(im, cv2.COLOR_BGR2RGB)) for _, im in v])
+                     for k, v in sets.items()}
+            scores = [row[4] for fs in found.values() for d in fs for row in d]
+            margin = f"{max(scores):.2f}" if scores else f"none above {cut - 0.8:.1f}"
+            found = {k: [d[d[:, 4] > cut] for d in fs] for k, fs in found.items()}
+        else:
+            found = {k: det.detect_many([im for _, im in v]) for k, v in sets.items()}
+        hits = {k: [(name, len(f)) for (name, _), f in zip(sets[k], fs) if len(f)] for k, fs in found.items()}
         where = ", ".join(f"{nm} ({k})" for nm, k in hits["clean"] + hits["degraded"]) or "-"
         print(f"| {dname} | {len(hits['clean'])} | {len(hits['degraded'])} | {where} | {margin} |", flush=True)
 
@@ -418,12 +432,14 @@ def main() -> None:
     ap.add_argument("--photo-scales", type=float, nargs="+", default=[1.0],
                     help="time each whole photo also at these scales (e.g. 1 2 3.2)")
     ap.add_argument("--landmarks", default="68", choices=["68", "5"], help="dlib landmark model (5: the small one)")
+    ap.add_argument("--weights", nargs="+", default=[], help="CNN weight files, used by detector names with wN")
     ap.add_argument("--fit", action="store_true", help="measure detectors.MMOD_TO_HOG / LANDMARKS_TO_HOG instead")
     args = ap.parse_args()
     needs = [WHOLE] + ([UTK] if args.fit or "recall" in args.only else []) + ([ALIGNED] if "ffhq" in args.only else [])
     missing = [str(d) for d in needs if not d.is_dir()]
     if missing:
         sys.exit(f"needs the shared data: {', '.join(missing)} not found")
+    WEIGHT_FILES.extend(args.weights)
     if args.fit:
         fit_boxes()
         return

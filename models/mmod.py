@@ -13,16 +13,18 @@ rounded to integer boxes, sorted by score and thinned by dlib's overlap test.
 """
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from .checkpoints import CheckpointError, read_weights
 from .dlib_format import ConvSpec, MMODFormatError, MMODSpec, parse_mmod
 from .mmod_pyramid import pyramid_layout, tile_pyramid, tile_pyramid_u8
 
-__all__ = ["ConvSpec", "MMODDetector", "MMODFormatError", "MMODNet", "MMODSpec", "PRECISIONS", "auto_precision",
-           "parse_mmod", "pyramid_layout", "relu_bits_", "tile_pyramid", "tile_pyramid_u8"]
+__all__ = ["KIND", "ConvSpec", "MMODDetector", "MMODFormatError", "MMODNet", "MMODSpec", "PRECISIONS",
+           "auto_precision", "load_finetuned", "parse_mmod", "pyramid_layout", "relu_bits_", "tile_pyramid", "tile_pyramid_u8"]
 
 
 def _lround(v: np.ndarray) -> np.ndarray:
@@ -126,8 +128,28 @@ class MMODNet(torch.nn.Module):
                 x = (x * mask[:, None].to(x.dtype)).contiguous(memory_format=torch.channels_last)
             x = conv(x)
             if self.spec.convs[i].relu:
-                x = relu_bits_(x)
+                x = torch.relu(x) if x.requires_grad else relu_bits_(x)     # in place breaks autograd
         return x
+
+
+# ---------------------------------------------------------------- fine-tuned weights
+KIND = "mmod"          # the kind our safetensors files of this network carry (mmod_finetune)
+
+
+def load_finetuned(spec: MMODSpec, path) -> MMODSpec:
+    """A copy of dlib's spec (geometry, windows, NMS) with the convs of our weight file."""
+    kind, config, sd, _ = read_weights(path)
+    if kind != KIND:
+        raise CheckpointError(path, f"holds a {kind!r} model, not a face detector ({KIND!r})")
+    spec = copy.deepcopy(spec)
+    for i, c in enumerate(spec.convs):
+        for name in ("weight", "bias"):
+            t = sd.get(f"convs.{i}.{name}")
+            ref = getattr(c, name)
+            if t is None or tuple(t.shape) != ref.shape:
+                raise CheckpointError(path, f"convs.{i}.{name} missing or not of shape {ref.shape}")
+            setattr(c, name, t.numpy().astype(ref.dtype))
+    return spec
 
 
 # ---------------------------------------------------------------- detection
@@ -158,11 +180,15 @@ class MMODDetector:
     path: the pyramid drawn in uint8 (tile_pyramid_u8, normalisation folded into the
     first conv) and the convs in bfloat16, ~5x faster on CPUs with AMX, scores within
     ~0.05 of fp32; 'auto' picks bf16 only where the CPU has AMX (see `auto_precision`).
+    `weights`: our safetensors file of fine-tuned convs (mmod_finetune) to use in place
+    of the file's own; everything else (windows, pyramid, NMS) stays the file's.
     """
 
     def __init__(self, path: str | Path, device: str | torch.device = "cpu", max_batch_pixels: int = 12_000_000,
-                 pyramid: int | None = None, precision: str = "fp32"):
+                 pyramid: int | None = None, precision: str = "fp32", weights: str | Path | None = None):
         self.spec = parse_mmod(path)
+        if weights is not None:
+            self.spec = load_finetuned(self.spec, weights)
         if pyramid is not None:
             if pyramid < 2:
                 raise ValueError("pyramid must be >= 2")

@@ -10,6 +10,7 @@ imported only when a CNN detector is first used, so `panini --help` stays light.
 from __future__ import annotations
 
 import importlib.util
+import json
 import math
 from pathlib import Path
 
@@ -44,6 +45,36 @@ CNN_MIN_FACE_AT_1X = 80.0
 # shared whole photos and video frames between -0.4 and 0 were all real (partly hidden) faces.
 CNN_MIN_FACE = 30.0
 CNN_THRESHOLD = -0.4
+# The CNN's weights: "dlib" (the .dat file's own, the default) or "degraded" (fine-tuned on
+# degraded faces by scripts/finetune_detector.py, shipped in panini_models/weights/ with
+# its sha256 and its own score cut, chosen on validation data: its scores sit higher than
+# dlib's). `--detector cnn-degraded` uses them: on held-out old-photo faces of 30 px it
+# finds 91% (dlib's weights 17%), but it also calls skin-coloured blobs (hands, flowers
+# on dark cloth) faces: 6 false faces in the 38 shared photos, 5 of 650 face-free
+# images (benchmarks/results/detect_default.md), so it is not the default.
+CNN_WEIGHTS = {"degraded": ("mmod_degraded.safetensors", "mmod_degraded.json")}
+CNN_DEFAULT_WEIGHTS = "dlib"
+
+
+def _bundled(weights: str) -> tuple[Path, Path]:
+    """(weight file, manifest) of bundled CNN weights, found without importing torch."""
+    spec = importlib.util.find_spec("panini_models")
+    folder = Path(list(spec.submodule_search_locations)[0], "weights")
+    return folder / CNN_WEIGHTS[weights][0], folder / CNN_WEIGHTS[weights][1]
+
+
+def cnn_threshold(weights) -> float:
+    """The score cut that goes with these weights: CNN_THRESHOLD for dlib's, the manifest's
+    for bundled ones, dlib's own 0 for any other file."""
+    if weights in (None, "dlib"):
+        return CNN_THRESHOLD
+    if weights in CNN_WEIGHTS:
+        manifest = _bundled(weights)[1]
+        try:
+            return float(json.loads(manifest.read_text())["threshold"])
+        except (OSError, ValueError, KeyError) as e:
+            raise FaceModelError(f"{manifest}: no score cut for the {weights!r} detector weights ({e})") from e
+    return 0.0
 
 
 def find_mmod_model() -> Path:
@@ -54,6 +85,28 @@ def find_mmod_model() -> Path:
         if path.is_file():
             return path
     raise FaceModelError(f"dlib CNN face model {MMOD_FILE} not found (pip install face-recognition-models)")
+
+
+def resolve_cnn_weights(weights) -> Path | None:
+    """'dlib' -> None (the .dat file's weights), a bundled name -> its file, checked against
+    its recorded sha256, else a path to our safetensors file."""
+    if weights in (None, "dlib"):
+        return None
+    if weights in CNN_WEIGHTS:
+        from panini_models.checkpoints import file_sha256
+
+        file, manifest = _bundled(weights)
+        if not file.is_file() or not manifest.is_file():
+            raise FaceModelError(f"{file}: the bundled face detector weights are missing from this installation")
+        expected = json.loads(manifest.read_text())["sha256"]
+        if file_sha256(file) != expected:
+            raise FaceModelError(f"{file}: sha256 differs from {manifest.name}: the file is damaged; reinstall panini")
+        return file
+    path = Path(weights).expanduser()
+    if not path.is_file():
+        raise FaceModelError(f"{path}: face detector weights not found (use 'dlib', "
+                             f"{', '.join(repr(k) for k in CNN_WEIGHTS)} or a .safetensors file)")
+    return path
 
 
 def mmod_to_hog_box(box: np.ndarray, mapping: tuple[float, float, float] | None = None) -> np.ndarray:
@@ -90,21 +143,25 @@ class CnnDetector:
     size (faces from ~80 px), images above `max_side` shrunk first: DlibDetector's policy. The searched image is
     mirrored out by `pad` px (faces cut by the border are found far more often; boxes
     centred in the mirror are dropped). `pyramid` is the pyramid's N (levels shrink by
-    (N-1)/N; dlib's 6; smaller is coarser and faster). `threshold`: MMOD score cut (dlib's is 0).
+    (N-1)/N; dlib's 6; smaller is coarser and faster). `threshold`: MMOD score cut (dlib's is
+    0; None: the cut that goes with the weights, see cnn_threshold).
     `precision`: the convs' arithmetic ('auto': bf16 on CPUs with AMX, else fp32; see
-    panini_models.mmod.auto_precision). Landmarks always come from the full-resolution image.
+    panini_models.mmod.auto_precision). `weights`: 'dlib' (the model file's own), 'degraded'
+    (fine-tuned on degraded faces, bundled) or a path (see resolve_cnn_weights). Landmarks
+    always come from the full-resolution image.
     """
 
     def __init__(self, landmarks: str = "68", device: str = "cpu", min_face: float = CNN_MIN_FACE,
-                 max_side: int = 2048, max_pixels: float = 6.0e6, threshold: float = CNN_THRESHOLD,
+                 max_side: int = 2048, max_pixels: float = 6.0e6, threshold: float | None = None,
                  pyramid: int = 6, pad: int = 32, box_map: tuple[float, float, float] | None = None,
-                 precision: str = "auto", predictor_path=None, model_path=None):
+                 precision: str = "auto", weights=CNN_DEFAULT_WEIGHTS, predictor_path=None, model_path=None):
         if landmarks not in PREDICTOR_FILES:
             raise ValueError(f"landmarks must be '68' or '5', not {landmarks!r}")
         self.landmarks, self.device, self.min_face = landmarks, device, min_face
-        self.max_side, self.max_pixels, self.threshold, self.pyramid = max_side, max_pixels, threshold, pyramid
+        self.max_side, self.max_pixels, self.pyramid = max_side, max_pixels, pyramid
+        self.threshold = cnn_threshold(weights) if threshold is None else threshold
         self.pad, self.box_map, self.precision = pad, box_map, precision
-        self.predictor_path, self.model_path = predictor_path, model_path
+        self.predictor_path, self.model_path, self.weights = predictor_path, model_path, weights
         self._net = self._shape = self._dlib = None
 
     def _load(self) -> None:
@@ -112,7 +169,7 @@ class CnnDetector:
 
         self._dlib, self._shape = load_shape_predictor(self.landmarks, self.predictor_path)
         self._net = MMODDetector(self.model_path or find_mmod_model(), device=self.device, pyramid=self.pyramid,
-                                 precision=self.precision)
+                                 precision=self.precision, weights=resolve_cnn_weights(self.weights))
 
     def scale_for(self, h: int, w: int) -> float:
         """The factor an h x w image is searched at: enlarged for `min_face` only under
@@ -175,9 +232,12 @@ class CnnDetector:
 
 
 def make_detector(kind: str = "hog", landmarks: str = "68", device: str = "cpu", **options):
-    """'hog' -> HogDetector (dlib HOG, CPU), 'cnn' -> CnnDetector (torch, `device`)."""
+    """'hog' -> HogDetector (dlib HOG, CPU), 'cnn' -> CnnDetector (torch, `device`),
+    'cnn-degraded' -> the CnnDetector with the weights fine-tuned on degraded faces."""
     if kind == "hog":
         return HogDetector(landmarks, **options)
-    if kind == "cnn":
+    if kind in ("cnn", "cnn-degraded"):
+        if kind == "cnn-degraded":
+            options.setdefault("weights", "degraded")
         return CnnDetector(landmarks, device=device, **options)
-    raise ValueError(f"detector must be 'hog' or 'cnn', not {kind!r}")
+    raise ValueError(f"detector must be cnn, cnn-degraded or hog, not {kind!r}")

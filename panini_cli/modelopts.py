@@ -18,9 +18,12 @@ COLOUR = typer.Option(True, "--color-match/--no-color-match",
 # about HOG's wall time on a CPU with AMX (~1.7x its single-thread CPU time; ~5.7x on
 # CPUs without AMX, which run it in fp32). video uses it for the whole-frame search only.
 DEFAULT_DETECTOR = "cnn"
+DETECTORS = ("cnn", "cnn-degraded", "hog")          # panini_cli.detectors.make_detector's names
 DETECTOR = typer.Option(DEFAULT_DETECTOR, "--detector",
-                        help="Face detector: cnn (dlib's MMOD CNN in torch: finds degraded and small faces) or "
-                             "hog (dlib HOG: cheaper on CPUs without AMX, misses many degraded faces).")
+                        help="Face detector: cnn (dlib's MMOD CNN in torch: finds degraded and small faces), "
+                             "cnn-degraded (the CNN fine-tuned on degraded faces: finds far more tiny old-photo "
+                             "faces, but also some hands and skin-coloured blobs) or hog (dlib HOG: cheaper on "
+                             "CPUs without AMX, misses many degraded faces).")
 
 
 def resolve_device(device: str | None, gpu: int | None) -> str:

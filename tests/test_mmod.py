@@ -331,5 +331,8 @@ def test_detector_option_reaches_every_command(tmp_path):
     res = runner.invoke(app, ["video", str(clip), "-o", str(tmp_path / "v.mp4"), "--duration", "0.3",
                               "--detector", "cnn", "--json", "-q"])
     assert res.exit_code == 0 and json.loads(res.stdout.strip().splitlines()[-1])["faces"] >= 5, res.output
+    res = runner.invoke(app, ["restore", str(src), str(tmp_path / "out2"), "--detector", "cnn-degraded", "-q"])
+    assert res.exit_code == 0, res.output
+    assert json.loads((tmp_path / "out2" / "manifest.jsonl").read_text().splitlines()[0])["faces"] == 1
     bad = runner.invoke(app, ["restore", str(src), str(tmp_path / "x"), "--detector", "yolo"])
     assert bad.exit_code == 1 and "hog" in bad.output and len(bad.output.strip().splitlines()) == 1

@@ -10,7 +10,7 @@ from typing import List, Optional
 import typer
 
 from ..console import console, err_console, fail
-from ..modelopts import COLOUR, DEFAULT_DETECTOR, DETECTOR, FORCE, STRENGTH
+from ..modelopts import COLOUR, DEFAULT_DETECTOR, DETECTOR, DETECTORS, FORCE, STRENGTH
 
 
 def restore(
@@ -61,8 +61,8 @@ def restore(
         fail(str(e))
     if upscale is not None and upscale <= 0:
         fail("--upscale must be positive")
-    if detector not in ("hog", "cnn"):
-        fail(f"--detector must be hog or cnn, not {detector!r}")
+    if detector not in DETECTORS:
+        fail(f"--detector must be one of {', '.join(DETECTORS)}, not {detector!r}")
     if ext != "auto" and f".{ext.lower().lstrip('.')}" not in images.EXTENSIONS:
         fail(f"--ext {ext}: not a supported image format")
     from panini_models import sharding
