@@ -23,10 +23,10 @@ import detect as bench                      # noqa: E402  (the benchmark's degra
 import finetune_detector as ft              # noqa: E402
 
 
-def face_free_pieces(bgs, rng, n: int) -> list[np.ndarray]:
+def face_free_pieces(bgs, rng, n: int, kinds: int = 4) -> list[np.ndarray]:
     from panini_models.mmod_crops import background_piece, synthetic_texture
-    out = [background_piece(bgs, rng, int(rng.integers(160, 480))) for _ in range(n)]
-    out += [synthetic_texture(rng, 256) for _ in range(n // 3)]
+    out = [background_piece(bgs, rng, int(rng.integers(160, 480)), kinds) for _ in range(n)]
+    out += [synthetic_texture(rng, 256, kinds) for _ in range(n // 3)]
     return out
 
 
@@ -35,6 +35,8 @@ def main() -> None:
     ap.add_argument("weights", nargs="*", type=Path)
     ap.add_argument("--n", type=int, default=150)
     ap.add_argument("--cut", type=float, default=-0.4)
+    ap.add_argument("--texture-kinds", type=int, default=4, choices=[4, 6],
+                    help="synthetic face-free kinds (6: also hand- and petal-like shapes)")
     ap.add_argument("--no-dlib", action="store_true", help="leave out dlib's own weights (the baseline)")
     ap.add_argument("--sizes", type=int, nargs="+", default=[30, 40, 50, 60])
     ap.add_argument("--kinds", nargs="+", default=["old", "jpeg"], choices=["old", "jpeg", "tiny"])
@@ -48,7 +50,7 @@ def main() -> None:
     bgs = video_backgrounds(ft.split_clips()[1], 12, ft.face_masker())
     print(f"backgrounds: {time.time() - t:.0f} s", file=sys.stderr, flush=True)
     rng = np.random.default_rng(5)
-    pieces = face_free_pieces(bgs, rng, 90)
+    pieces = face_free_pieces(bgs, rng, 90, args.texture_kinds)
     negatives = pieces + [bench.degrade(p, k, rng) for p in pieces for k in ("old", "jpeg")]
     backs = list(enumerate(pieces[:60]))
     cases = {(kind, s): [bench.make_case(c, s, kind, True, backs, np.random.default_rng([s, len(kind), i]))
