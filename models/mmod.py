@@ -24,7 +24,8 @@ from .dlib_format import ConvSpec, MMODFormatError, MMODSpec, parse_mmod
 from .mmod_pyramid import pyramid_layout, tile_pyramid, tile_pyramid_u8
 
 __all__ = ["KIND", "ConvSpec", "MMODDetector", "MMODFormatError", "MMODNet", "MMODSpec", "PRECISIONS",
-           "auto_precision", "load_finetuned", "parse_mmod", "pyramid_layout", "relu_bits_", "tile_pyramid", "tile_pyramid_u8"]
+           "auto_precision", "load_finetuned", "parse_mmod", "pyramid_layout", "relu_bits_", "tile_pyramid",
+           "tile_pyramid_u8"]
 
 
 def _lround(v: np.ndarray) -> np.ndarray:
@@ -138,7 +139,7 @@ KIND = "mmod"          # the kind our safetensors files of this network carry (m
 
 def load_finetuned(spec: MMODSpec, path) -> MMODSpec:
     """A copy of dlib's spec (geometry, windows, NMS) with the convs of our weight file."""
-    kind, config, sd, _ = read_weights(path)
+    kind, _, sd, _ = read_weights(path)
     if kind != KIND:
         raise CheckpointError(path, f"holds a {kind!r} model, not a face detector ({KIND!r})")
     spec = copy.deepcopy(spec)

@@ -63,17 +63,22 @@ def _bundled(weights: str) -> tuple[Path, Path]:
     return folder / CNN_WEIGHTS[weights][0], folder / CNN_WEIGHTS[weights][1]
 
 
+def _manifest(weights: str, key: str):
+    """One entry (sha256, threshold, ...) of bundled CNN weights' manifest."""
+    manifest = _bundled(weights)[1]
+    try:
+        return json.loads(manifest.read_text())[key]
+    except (OSError, ValueError, KeyError) as e:
+        raise FaceModelError(f"{manifest}: no {key} for the {weights!r} detector weights ({e})") from e
+
+
 def cnn_threshold(weights) -> float:
     """The score cut that goes with these weights: CNN_THRESHOLD for dlib's, the manifest's
     for bundled ones, dlib's own 0 for any other file."""
     if weights in (None, "dlib"):
         return CNN_THRESHOLD
     if weights in CNN_WEIGHTS:
-        manifest = _bundled(weights)[1]
-        try:
-            return float(json.loads(manifest.read_text())["threshold"])
-        except (OSError, ValueError, KeyError) as e:
-            raise FaceModelError(f"{manifest}: no score cut for the {weights!r} detector weights ({e})") from e
+        return float(_manifest(weights, "threshold"))
     return 0.0
 
 
@@ -98,8 +103,7 @@ def resolve_cnn_weights(weights) -> Path | None:
         file, manifest = _bundled(weights)
         if not file.is_file() or not manifest.is_file():
             raise FaceModelError(f"{file}: the bundled face detector weights are missing from this installation")
-        expected = json.loads(manifest.read_text())["sha256"]
-        if file_sha256(file) != expected:
+        if file_sha256(file) != _manifest(weights, "sha256"):
             raise FaceModelError(f"{file}: sha256 differs from {manifest.name}: the file is damaged; reinstall panini")
         return file
     path = Path(weights).expanduser()

@@ -14,6 +14,7 @@ import os
 import sys
 from pathlib import Path
 
+import cv2
 import numpy as np
 import torch
 
@@ -45,7 +46,6 @@ def face_masker():
     cnn, hog = CnnDetector(threshold=-1.0, weights="dlib"), HogDetector()
 
     def find(bgr):
-        import cv2
         boxes = [d[:4] for d in cnn.boxes_many([cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)])[0]]
         boxes += [f.box for f in hog.detect(bgr)]
         return np.array(boxes, np.float64).reshape(-1, 4)
