@@ -132,6 +132,20 @@ def hog_box_from_landmarks(pts: np.ndarray, fit=LANDMARKS_TO_HOG) -> np.ndarray:
     return np.array([cx - half, cy - half, cx + half, cy + half])
 
 
+def distinct_faces(faces: list[Face], tol: float = 0.25) -> list[Face]:
+    """One face per person: the best-scored of faces whose 5 landmarks lie within `tol`
+    eye distances of each other (on average). The pyramid can find a face at two levels
+    with boxes too unlike for the detector's overlap test; the landmark fit then brings
+    both onto the same face, and the restorer would get it twice."""
+    kept: list[Face] = []
+    for f in sorted(faces, key=lambda fc: -fc.score):
+        lm = np.asarray(f.landmarks5)
+        eyes = max(float(np.hypot(*(lm[1] - lm[0]))), 1.0)
+        if all(np.hypot(*(lm - k.landmarks5).T).mean() > tol * eyes for k in kept):
+            kept.append(f)
+    return kept
+
+
 class HogDetector(DlibDetector):
     """faces.DlibDetector (dlib HOG) with the batched entry point of the protocol."""
 
@@ -223,7 +237,7 @@ class CnnDetector:
                     pts = self._landmarks(rgb, hog_box_from_landmarks(pts))
                 lm5 = landmarks5_from_68(pts) if len(pts) == 68 else landmarks5_from_dlib5(pts)
                 faces.append(Face(tuple(float(v) for v in box), float(score), lm5, pts if len(pts) == 68 else None))
-            results.append(sorted(faces, key=lambda fc: -fc.size))
+            results.append(sorted(distinct_faces(faces), key=lambda fc: -fc.size))
         return results
 
     def _landmarks(self, rgb: np.ndarray, box) -> np.ndarray:

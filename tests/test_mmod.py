@@ -18,7 +18,7 @@ dlib = pytest.importorskip("dlib")
 torch = pytest.importorskip("torch")
 
 from panini_cli import detectors as D                                   # noqa: E402
-from panini_cli.faces import FaceModelError, ffhq_quad                 # noqa: E402
+from panini_cli.faces import Face, FaceModelError, ffhq_quad           # noqa: E402
 from panini_models.dlib_format import MMODFormatError, _Reader, parse_mmod   # noqa: E402
 from panini_models.mmod import (MMODDetector, MMODNet, auto_precision, pyramid_layout,   # noqa: E402
                                  relu_bits_, tile_pyramid, tile_pyramid_u8)
@@ -336,3 +336,28 @@ def test_detector_option_reaches_every_command(tmp_path):
     assert json.loads((tmp_path / "out2" / "manifest.jsonl").read_text().splitlines()[0])["faces"] == 1
     bad = runner.invoke(app, ["restore", str(src), str(tmp_path / "x"), "--detector", "yolo"])
     assert bad.exit_code == 1 and "hog" in bad.output and len(bad.output.strip().splitlines()) == 1
+
+
+def _face(lm, score):
+    lm = np.asarray(lm, float)
+    return Face((lm[:, 0].min(), lm[:, 1].min(), lm[:, 0].max(), lm[:, 1].max()), score, lm)
+
+
+def test_distinct_faces_keeps_the_best_of_one_person_and_every_other_person():
+    a = np.array([[30, 40], [60, 40], [45, 55], [35, 70], [55, 70]], float)
+    same = _face(a + 2, 0.5)                                  # 2 px off, eyes 30 px apart: the same face
+    best = _face(a, 3.0)
+    other = _face(a + [80, 0], 1.0)
+    assert [id(f) for f in D.distinct_faces([same, best, other])] == [id(best), id(other)]
+    near = _face(a + 12, 0.5)                                 # 12 px off: another face
+    assert [id(f) for f in D.distinct_faces([near, best])] == [id(best), id(near)]
+
+
+def test_a_face_found_at_two_pyramid_levels_is_given_once():
+    """At a low cut the fine-tuned weights find the portrait's face at two scales (boxes of
+    52 and 90 px that dlib's overlap test keeps apart); the landmarks agree, so one face."""
+    img = cv2.imread(str(REPO / "examples" / "facerec_obama_240p.jpg"))
+    det = D.CnnDetector(weights="degraded", threshold=0.5)
+    boxes = det.boxes_many([np.ascontiguousarray(img[:, :, ::-1])])[0]
+    assert len(boxes) >= 2                                    # the test would show nothing otherwise
+    assert len(det.detect(img)) == 1
