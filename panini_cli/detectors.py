@@ -45,13 +45,20 @@ CNN_MIN_FACE_AT_1X = 80.0
 # shared whole photos and video frames between -0.4 and 0 were all real (partly hidden) faces.
 CNN_MIN_FACE = 30.0
 CNN_THRESHOLD = -0.4
+# An image whose searched side is at most this (4 detector windows) is hardly larger than
+# the face in it (a face crop). The fine-tuned weights find such faces far more often in a
+# flat surround of the image's mean colour than in its mirror (validation chips cut
+# tight, old photo 30 px: 39% -> 88%; JPEG q15 30 px: 76% -> 96%; face-free pieces of
+# 30-110 px: best score 2.16 -> 1.40); dlib's weights lose faces in it (21% -> 6%).
+SMALL_SIDE = 320
 # The CNN's weights: "dlib" (the .dat file's own, the default) or "degraded" (fine-tuned on
 # degraded faces by scripts/finetune_detector.py, shipped in panini_models/weights/ with
 # its sha256 and its own score cut, chosen on validation data: its scores sit higher than
-# dlib's). `--detector cnn-degraded` uses them: on held-out old-photo faces of 30 px it
-# finds 91% (dlib's weights 17%), but it also calls skin-coloured blobs (hands, flowers
-# on dark cloth) faces: 6 false faces in the 38 shared photos, 5 of 650 face-free
-# images (benchmarks/results/detect_default.md), so it is not the default.
+# dlib's) and its small_fill. `--detector cnn-degraded` uses them: on held-out old-photo
+# faces of 30 px it finds 91% in a background and 85% cut tight (dlib's weights 17% and
+# 16%), but it also calls skin-coloured blobs (hands, ornaments on dark cloth) faces: 6
+# false faces in the 38 shared photos, 3 of 650 face-free images
+# (benchmarks/results/detect_default.md), so it is not the default.
 CNN_WEIGHTS = {"degraded": ("mmod_degraded.safetensors", "mmod_degraded.json")}
 CNN_DEFAULT_WEIGHTS = "dlib"
 
@@ -80,6 +87,17 @@ def cnn_threshold(weights) -> float:
     if weights in CNN_WEIGHTS:
         return float(_manifest(weights, "threshold"))
     return 0.0
+
+
+def cnn_small_fill(weights) -> str:
+    """How these weights want a small image surrounded: the bundled manifest's
+    'small_fill', else 'mirror' (dlib's weights: a flat surround loses faces there)."""
+    if weights in CNN_WEIGHTS:
+        try:
+            return str(_manifest(weights, "small_fill"))
+        except FaceModelError:
+            return "mirror"
+    return "mirror"
 
 
 def find_mmod_model() -> Path:
@@ -160,7 +178,10 @@ class CnnDetector:
     down to `min_face` px are found; at most `max_pixels` searched), larger ones at their
     size (faces from ~80 px), images above `max_side` shrunk first: DlibDetector's policy. The searched image is
     mirrored out by `pad` px (faces cut by the border are found far more often; boxes
-    centred in the mirror are dropped). `pyramid` is the pyramid's N (levels shrink by
+    centred in the mirror are dropped). `small_fill`: how an image hardly larger than a face
+    (searched side <= SMALL_SIDE) is surrounded instead: 'mirror' (as any other), or 'mean'
+    (its mean colour, half its side on each edge); None: the weights' own choice
+    (cnn_small_fill). `pyramid` is the pyramid's N (levels shrink by
     (N-1)/N; dlib's 6; smaller is coarser and faster). `threshold`: MMOD score cut (dlib's is
     0; None: the cut that goes with the weights, see cnn_threshold).
     `precision`: the convs' arithmetic ('auto': bf16 on CPUs with AMX, else fp32; see
@@ -172,13 +193,17 @@ class CnnDetector:
     def __init__(self, landmarks: str = "68", device: str = "cpu", min_face: float = CNN_MIN_FACE,
                  max_side: int = 2048, max_pixels: float = 6.0e6, threshold: float | None = None,
                  pyramid: int = 6, pad: int = 32, box_map: tuple[float, float, float] | None = None,
-                 precision: str = "auto", weights=CNN_DEFAULT_WEIGHTS, predictor_path=None, model_path=None):
+                 precision: str = "auto", weights=CNN_DEFAULT_WEIGHTS, predictor_path=None, model_path=None,
+                 small_fill: str | None = None):
         if landmarks not in PREDICTOR_FILES:
             raise ValueError(f"landmarks must be '68' or '5', not {landmarks!r}")
         self.landmarks, self.device, self.min_face = landmarks, device, min_face
         self.max_side, self.max_pixels, self.pyramid = max_side, max_pixels, pyramid
         self.threshold = cnn_threshold(weights) if threshold is None else threshold
         self.pad, self.box_map, self.precision = pad, box_map, precision
+        self.small_fill = cnn_small_fill(weights) if small_fill is None else small_fill
+        if self.small_fill not in ("mirror", "mean"):
+            raise ValueError(f"small_fill must be 'mirror' or 'mean', not {small_fill!r}")
         self.predictor_path, self.model_path, self.weights = predictor_path, model_path, weights
         self._net = self._shape = self._dlib = None
 
@@ -208,10 +233,10 @@ class CnnDetector:
         work = [im if f == 1.0 else cv2.resize(im, (max(1, round(im.shape[1] * f)), max(1, round(im.shape[0] * f))),
                                                 interpolation=cv2.INTER_LINEAR if f > 1 else cv2.INTER_AREA)
                 for im, f in zip(images_rgb, scales)]
-        b = self.pad
-        padded = [cv2.copyMakeBorder(im, b, b, b, b, cv2.BORDER_REFLECT_101) if b else im for im in work]
+        pads = [self._pad_for(sm) for sm in work]
+        padded = [self._surround(sm, b) for sm, b in zip(work, pads)]
         out = []
-        for dets, im, sm in zip(self._net(padded, self.threshold), images_rgb, work):
+        for dets, im, sm, b in zip(self._net(padded, self.threshold), images_rgb, work, pads):
             dets[:, :4] -= b
             cx, cy = (dets[:, 0] + dets[:, 2]) / 2, (dets[:, 1] + dets[:, 3]) / 2
             dets = dets[(cx >= -0.5) & (cx < sm.shape[1] - 0.5) & (cy >= -0.5) & (cy < sm.shape[0] - 0.5)]
@@ -220,6 +245,18 @@ class CnnDetector:
             dets[:, [1, 3]] = (dets[:, [1, 3]] + 0.5) * fy - 0.5
             out.append(dets)
         return out
+
+    def _pad_for(self, searched: np.ndarray) -> int:
+        side = max(searched.shape[:2])
+        return max(self.pad, side // 2) if self.small_fill == "mean" and side <= SMALL_SIDE else self.pad
+
+    def _surround(self, searched: np.ndarray, b: int) -> np.ndarray:
+        if not b:
+            return searched
+        if b > self.pad:                                 # a small image: its mean colour round it
+            fill = tuple(float(v) for v in searched.reshape(-1, searched.shape[2]).mean(0))
+            return cv2.copyMakeBorder(searched, b, b, b, b, cv2.BORDER_CONSTANT, value=fill)
+        return cv2.copyMakeBorder(searched, b, b, b, b, cv2.BORDER_REFLECT_101)
 
     def detect_many(self, images_bgr8: list[np.ndarray]) -> list[list[Face]]:
         rgbs = []

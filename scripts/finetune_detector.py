@@ -83,7 +83,10 @@ def ship(path: Path, cut: float | None) -> None:
     kind, _, _, meta = read_weights(path)
     file, manifest = _bundled("degraded")
     shutil.copyfile(path, file)
+    # small_fill: measured for the shipped recipe (panini_cli.detectors.SMALL_SIDE); check it on validation
+    # data again for new weights
     manifest.write_text(json.dumps({"sha256": file_sha256(file), "bytes": file.stat().st_size, "threshold": cut,
+                                    "small_fill": "mean",
                                     "training": json.loads(meta.get("training", "{}")),
                                     "made_by": "scripts/finetune_detector.py"}, indent=1) + "\n")
     print(f"wrote {file} and {manifest.name} (cut {cut}); weights names: {sorted(CNN_WEIGHTS)}")

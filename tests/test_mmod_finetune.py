@@ -178,3 +178,38 @@ def test_bundled_weights_find_degraded_faces_dlibs_miss(bundled):
     assert found["degraded"] >= found["dlib"] + 5, found
     textures = [synthetic_texture(np.random.default_rng(100 + i), 256) for i in range(6)]
     assert all(len(d) == 0 for d in D.CnnDetector(weights="degraded").boxes_many([t[:, :, ::-1].copy() for t in textures]))
+
+
+def test_small_images_get_the_fill_their_weights_want():
+    """A face crop (searched side <= SMALL_SIDE) is surrounded by its mean colour for the
+    fine-tuned weights, by its mirror for dlib's; larger images by the mirror always."""
+    deg, dl = D.CnnDetector(weights="degraded"), D.CnnDetector(weights="dlib")
+    assert (deg.small_fill, dl.small_fill) == ("mean", "mirror")
+    small = np.zeros((D.SMALL_SIDE - 20, 200, 3), np.uint8)
+    small[:, :100] = 200
+    assert deg._pad_for(small) == (D.SMALL_SIDE - 20) // 2 and dl._pad_for(small) == dl.pad
+    ring = deg._surround(small, deg._pad_for(small))
+    assert (ring[0, 0] == 100).all() and ring.shape[1] == 200 + 2 * deg._pad_for(small)
+    big = np.zeros((D.SMALL_SIDE + 1, 100, 3), np.uint8)
+    assert deg._pad_for(big) == deg.pad
+    with pytest.raises(ValueError, match="small_fill"):
+        D.CnnDetector(small_fill="blue")
+
+
+def test_the_mean_fill_finds_tight_degraded_crops_the_mirror_misses(bundled):
+    """Held-out faces cut tight at 30 px and made old-photo-like: the fine-tuned weights find
+    clearly more of them in the mean-colour surround (validation: 39% -> 88%)."""
+    import sys
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import detect as bench
+
+    utk = need(DATA / "trainset" / "utkface")
+    names = [s for s in (REPO / "benchmarks" / "heldout_utkface.txt").read_text().split() if s][:30]
+    cases = [bench.make_case(cv2.imread(str(utk / n)), 30, "old", False, None, np.random.default_rng([30, i]))
+             for i, n in enumerate(names)]
+    found = {}
+    for fill in ("mean", "mirror"):
+        det = D.CnnDetector(weights="degraded", small_fill=fill)
+        found[fill] = sum(any(bench.iou(f.box, gt) >= 0.4 for f in fs)
+                          for (_, gt), fs in zip(cases, det.detect_many([im for im, _ in cases])))
+    assert found["mean"] >= found["mirror"] + 6 and found["mean"] >= 20, found       # measured: 25 and 14
