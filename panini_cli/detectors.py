@@ -233,10 +233,9 @@ class CnnDetector:
         work = [im if f == 1.0 else cv2.resize(im, (max(1, round(im.shape[1] * f)), max(1, round(im.shape[0] * f))),
                                                 interpolation=cv2.INTER_LINEAR if f > 1 else cv2.INTER_AREA)
                 for im, f in zip(images_rgb, scales)]
-        pads = [self._pad_for(sm) for sm in work]
-        padded = [self._surround(sm, b) for sm, b in zip(work, pads)]
+        padded, pads = zip(*(self._surround(sm) for sm in work)) if work else ((), ())
         out = []
-        for dets, im, sm, b in zip(self._net(padded, self.threshold), images_rgb, work, pads):
+        for dets, im, sm, b in zip(self._net(list(padded), self.threshold), images_rgb, work, pads):
             dets[:, :4] -= b
             cx, cy = (dets[:, 0] + dets[:, 2]) / 2, (dets[:, 1] + dets[:, 3]) / 2
             dets = dets[(cx >= -0.5) & (cx < sm.shape[1] - 0.5) & (cy >= -0.5) & (cy < sm.shape[0] - 0.5)]
@@ -246,17 +245,15 @@ class CnnDetector:
             out.append(dets)
         return out
 
-    def _pad_for(self, searched: np.ndarray) -> int:
+    def _surround(self, searched: np.ndarray) -> tuple[np.ndarray, int]:
+        """(the searched image with its surround, the surround's width in px)."""
         side = max(searched.shape[:2])
-        return max(self.pad, side // 2) if self.small_fill == "mean" and side <= SMALL_SIDE else self.pad
-
-    def _surround(self, searched: np.ndarray, b: int) -> np.ndarray:
-        if not b:
-            return searched
-        if b > self.pad:                                 # a small image: its mean colour round it
+        if self.small_fill == "mean" and side <= SMALL_SIDE:         # a face crop: its mean colour round it
+            b = max(self.pad, side // 2)
             fill = tuple(float(v) for v in searched.reshape(-1, searched.shape[2]).mean(0))
-            return cv2.copyMakeBorder(searched, b, b, b, b, cv2.BORDER_CONSTANT, value=fill)
-        return cv2.copyMakeBorder(searched, b, b, b, b, cv2.BORDER_REFLECT_101)
+            return cv2.copyMakeBorder(searched, b, b, b, b, cv2.BORDER_CONSTANT, value=fill), b
+        b = self.pad
+        return (cv2.copyMakeBorder(searched, b, b, b, b, cv2.BORDER_REFLECT_101) if b else searched), b
 
     def detect_many(self, images_bgr8: list[np.ndarray]) -> list[list[Face]]:
         rgbs = []

@@ -187,29 +187,37 @@ def test_small_images_get_the_fill_their_weights_want():
     assert (deg.small_fill, dl.small_fill) == ("mean", "mirror")
     small = np.zeros((D.SMALL_SIDE - 20, 200, 3), np.uint8)
     small[:, :100] = 200
-    assert deg._pad_for(small) == (D.SMALL_SIDE - 20) // 2 and dl._pad_for(small) == dl.pad
-    ring = deg._surround(small, deg._pad_for(small))
-    assert (ring[0, 0] == 100).all() and ring.shape[1] == 200 + 2 * deg._pad_for(small)
+    ring, b = deg._surround(small)
+    assert b == (D.SMALL_SIDE - 20) // 2 and ring.shape[1] == 200 + 2 * b
+    assert (ring[0, 0] == 100).all() and (ring[0, -1] == 100).all()           # the mean, not a mirror
+    mirrored, b = dl._surround(small)
+    assert b == dl.pad and (mirrored[0, 0] == 200).all() and (mirrored[0, -1] == 0).all()
     big = np.zeros((D.SMALL_SIDE + 1, 100, 3), np.uint8)
-    assert deg._pad_for(big) == deg.pad
+    assert deg._surround(big)[1] == deg.pad
     with pytest.raises(ValueError, match="small_fill"):
         D.CnnDetector(small_fill="blue")
 
 
 def test_the_mean_fill_finds_tight_degraded_crops_the_mirror_misses(bundled):
-    """Held-out faces cut tight at 30 px and made old-photo-like: the fine-tuned weights find
-    clearly more of them in the mean-colour surround (validation: 39% -> 88%)."""
-    import sys
-    sys.path.insert(0, str(REPO / "benchmarks"))
-    import detect as bench
-
+    """Held-out faces cut tight at 30 px and made old-photo-like (blur, x3 down, noise, JPEG
+    30): the fine-tuned weights find clearly more of them in the mean-colour surround
+    (validation: 39% -> 88%)."""
     utk = need(DATA / "trainset" / "utkface")
     names = [s for s in (REPO / "benchmarks" / "heldout_utkface.txt").read_text().split() if s][:30]
-    cases = [bench.make_case(cv2.imread(str(utk / n)), 30, "old", False, None, np.random.default_rng([30, i]))
-             for i, n in enumerate(names)]
+    rng = np.random.default_rng(30)
+    crops = []
+    for n in names:
+        x = cv2.GaussianBlur(cv2.resize(cv2.imread(str(utk / n)), (30, 30), interpolation=cv2.INTER_AREA), (0, 0), 1.0)
+        x = cv2.resize(cv2.resize(x, (10, 10), interpolation=cv2.INTER_AREA), (30, 30))
+        x = np.clip(x + rng.normal(0, 8, x.shape), 0, 255).astype(np.uint8)
+        crops.append(cv2.imdecode(cv2.imencode(".jpg", x, [cv2.IMWRITE_JPEG_QUALITY, 30])[1], cv2.IMREAD_COLOR))
+
+    def hit(box):                                             # IoU >= 0.4 with the crop itself
+        w, h = min(box[2], 29) - max(box[0], 0) + 1, min(box[3], 29) - max(box[1], 0) + 1
+        inner = max(w, 0) * max(h, 0)
+        return inner / ((box[2] - box[0] + 1) * (box[3] - box[1] + 1) + 900 - inner) >= 0.4
     found = {}
     for fill in ("mean", "mirror"):
         det = D.CnnDetector(weights="degraded", small_fill=fill)
-        found[fill] = sum(any(bench.iou(f.box, gt) >= 0.4 for f in fs)
-                          for (_, gt), fs in zip(cases, det.detect_many([im for im, _ in cases])))
-    assert found["mean"] >= found["mirror"] + 6 and found["mean"] >= 20, found       # measured: 25 and 14
+        found[fill] = sum(any(hit(f.box) for f in fs) for fs in det.detect_many(crops))
+    assert found["mean"] >= found["mirror"] + 6 and found["mean"] >= 20, found       # measured: 25 and 16
