@@ -243,7 +243,8 @@ def detector_options(name: str) -> tuple[str, dict]:
     """'cnn-min30-t04-n5-fp32' -> ('cnn', {min_face: 30, threshold: -0.4, pyramid: 5,
     precision: 'fp32'}); 'hog-pad' -> ('hog', {pad: 0.1}). Tokens: minN (min_face), tN
     (threshold -N/10), t0 (threshold 0), nN (pyramid), fp32 / bf16 (precision), pad,
-    dlib / degraded (which weights), wN (the N-th --weights file)."""
+    dlib / degraded (which weights), nocrop (face crops searched with those weights too,
+    not with detectors.CNN_CROP_WEIGHTS), wN (the N-th --weights file)."""
     kind, *tokens = name.split("-")
     opts: dict = {}
     for t in tokens:
@@ -251,6 +252,8 @@ def detector_options(name: str) -> tuple[str, dict]:
             opts["pad"] = 0.1                                         # faces.DlibDetector's mirror pad
         elif t in ("dlib", "degraded"):
             opts["weights"] = t                                       # dlib's own / fine-tuned weights
+        elif t == "nocrop":
+            opts["crop_weights"] = None                               # face crops with `weights` too
         elif t.startswith("w") and t[1:].isdigit():
             opts["weights"] = WEIGHT_FILES[int(t[1:])]                # --weights FILE ... (w0, w1, ...)
         elif t in ("fp32", "bf16"):
@@ -321,7 +324,8 @@ def false_positive_table(dets: dict) -> None:
           f"24 synthetic textures; and {len(sets['degraded'])} degraded versions: old and JPEG q15, full and "
           f"half size)\n")
     print("CNN margin: the best score of any detection on them, searched with the score cut lowered by 0.8 "
-          "(dlib's weights: to -1.2).\n")
+          "(dlib's weights: to -1.2); for images searched as face crops (panini_cli.detectors.SMALL_SIDE), "
+          "with their own weights and cut.\n")
     print("| detector | clean: images with a detection | degraded: images with a detection | where | "
           "CNN margin |\n|---|---|---|---|---|")
     from panini_cli.detectors import make_detector
@@ -331,13 +335,17 @@ def false_positive_table(dets: dict) -> None:
         margin, cut = "-", None
         if kind == "cnn":              # one search 0.8 lower: dlib's NMS keeps a box whatever lower
             cut = det.threshold        # boxes exist, so the detections above the cut are the same
-            low = make_detector("cnn", **{**opts, "threshold": cut - 0.8})
+            low = make_detector("cnn", **{**opts, "threshold": cut - 0.8, "crop_threshold": det.crop_threshold - 0.8})
             # boxes only: landmarks on every low-scoring box would take most of the time
             found = {k: low.boxes_many([np.ascontiguousarray(cv2.cvtColor(im, cv2.COLOR_BGR2RGB)) for _, im in v])
                      for k, v in sets.items()}
-            scores = [row[4] for fs in found.values() for d in fs for row in d]
-            margin = f"{max(scores):.2f}" if scores else f"none above {cut - 0.8:.1f}"
-            found = {k: [d[d[:, 4] > cut] for d in fs] for k, fs in found.items()}
+            crop = {k: [det.is_crop(*im.shape[:2]) for _, im in v] for k, v in sets.items()}
+            for which, c, label in ((False, cut, ""), (True, det.crop_threshold, "face crops: ")):
+                scores = [row[4] for k, fs in found.items() for d, cr in zip(fs, crop[k]) if cr == which for row in d]
+                text = f"{max(scores):.2f}" if scores else f"none above {c - 0.8:.1f}"
+                margin = (margin + "; " if margin != "-" else "") + label + text
+            found = {k: [d[d[:, 4] > (det.crop_threshold if cr else cut)] for d, cr in zip(fs, crop[k])]
+                     for k, fs in found.items()}
         else:
             found = {k: det.detect_many([im for _, im in v]) for k, v in sets.items()}
         hits = {k: [(name, len(f)) for (name, _), f in zip(sets[k], fs) if len(f)] for k, fs in found.items()}
