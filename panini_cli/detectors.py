@@ -233,7 +233,7 @@ class CnnDetector:
     def is_crop(self, h: int, w: int) -> bool:
         """Whether an h x w image is searched as a face crop (crop weights, small_fill)."""
         f = self.scale_for(h, w)
-        return max(round(h * f), round(w * f)) <= SMALL_SIDE
+        return max(1, round(h * f), round(w * f)) <= SMALL_SIDE       # the searched image's side
 
     def scale_for(self, h: int, w: int) -> float:
         """The factor an h x w image is searched at: enlarged for `min_face` only under
@@ -254,7 +254,7 @@ class CnnDetector:
         work = [im if f == 1.0 else cv2.resize(im, (max(1, round(im.shape[1] * f)), max(1, round(im.shape[0] * f))),
                                                 interpolation=cv2.INTER_LINEAR if f > 1 else cv2.INTER_AREA)
                 for im, f in zip(images_rgb, scales)]
-        crop = [max(sm.shape[:2]) <= SMALL_SIDE for sm in work]
+        crop = [self.is_crop(*im.shape[:2]) for im in images_rgb]
         padded, pads = zip(*(self._surround(sm, c) for sm, c in zip(work, crop))) if work else ((), ())
         found: list = [None] * len(work)
         for net, cut, which in ((self._net, self.threshold, False), (self._crop_net, self.crop_threshold, True)):
