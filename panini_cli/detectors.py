@@ -98,12 +98,7 @@ def cnn_threshold(weights) -> float:
 def cnn_small_fill(weights) -> str:
     """How these weights want a small image surrounded: the bundled manifest's
     'small_fill', else 'mirror' (dlib's weights: a flat surround loses faces there)."""
-    if weights in CNN_WEIGHTS:
-        try:
-            return str(_manifest(weights, "small_fill"))
-        except FaceModelError:
-            return "mirror"
-    return "mirror"
+    return str(_manifest(weights, "small_fill")) if weights in CNN_WEIGHTS else "mirror"
 
 
 def find_mmod_model() -> Path:

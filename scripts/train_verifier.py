@@ -106,16 +106,9 @@ def real_sources(images) -> list[tuple[np.ndarray, np.ndarray]]:
 
 
 def frames(clips, n: int) -> list[np.ndarray]:
-    out = []
-    for path in clips:
-        cap = cv2.VideoCapture(str(path))
-        for i in np.linspace(0, max(int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) - 1, 0), n).astype(int):
-            cap.set(cv2.CAP_PROP_POS_FRAMES, int(i))
-            ok, frame = cap.read()
-            if ok:
-                out.append(frame)
-        cap.release()
-    return out
+    """n frames spread over each clip (mmod_crops.video_backgrounds' choice, nothing masked)."""
+    from panini_models.mmod_crops import video_backgrounds
+    return [b.image for b in video_backgrounds(clips, n, lambda frame: np.zeros((0, 4)))]
 
 
 def real_case(src, s: int, rng, window: float | None = None):
