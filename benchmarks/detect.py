@@ -243,7 +243,8 @@ def detector_options(name: str) -> tuple[str, dict]:
     """'cnn-min30-t04-n5-fp32' -> ('cnn', {min_face: 30, threshold: -0.4, pyramid: 5,
     precision: 'fp32'}); 'hog-pad' -> ('hog', {pad: 0.1}). Tokens: minN (min_face), tN
     (threshold -N/10), t0 (threshold 0), nN (pyramid), fp32 / bf16 (precision), pad,
-    dlib / degraded (which weights), nocrop (face crops searched with those weights too,
+    dlib / degraded (which weights, unconfirmed: 'cnn-dlib' was the default until the
+    confirmed search, 'cnn-degraded' is the CLI's), nocrop (face crops searched with those weights too,
     not with detectors.CNN_CROP_WEIGHTS), wN (the N-th --weights file)."""
     kind, *tokens = name.split("-")
     opts: dict = {}
@@ -251,7 +252,8 @@ def detector_options(name: str) -> tuple[str, dict]:
         if t == "pad":
             opts["pad"] = 0.1                                         # faces.DlibDetector's mirror pad
         elif t in ("dlib", "degraded"):
-            opts["weights"] = t                                       # dlib's own / fine-tuned weights
+            opts["weights"] = t                                       # dlib's own / fine-tuned weights,
+            opts["confirm_weights"] = None                            # alone (cnn-degraded: the CLI's)
         elif t == "nocrop":
             opts["crop_weights"] = None                               # face crops with `weights` too
         elif t.startswith("w") and t[1:].isdigit():
@@ -334,8 +336,10 @@ def false_positive_table(dets: dict) -> None:
         kind, opts = detector_options(dname)
         margin, cut = "-", None
         if kind == "cnn":              # one search 0.8 lower: dlib's NMS keeps a box whatever lower
-            cut = det.threshold        # boxes exist, so the detections above the cut are the same
-            low = make_detector("cnn", **{**opts, "threshold": cut - 0.8, "crop_threshold": det.crop_threshold - 0.8})
+            cut = det.cut_for(False)   # boxes exist, so the detections above the cut are the same
+            low = make_detector("cnn", **{**opts, "threshold": det.threshold - 0.8,
+                                          "crop_threshold": det.crop_threshold - 0.8,
+                                          "confirm_cut": det.confirm_cut - 0.8})
             # boxes only: landmarks on every low-scoring box would take most of the time
             found = {k: low.boxes_many([np.ascontiguousarray(cv2.cvtColor(im, cv2.COLOR_BGR2RGB)) for _, im in v])
                      for k, v in sets.items()}
@@ -344,7 +348,7 @@ def false_positive_table(dets: dict) -> None:
                 scores = [row[4] for k, fs in found.items() for d, cr in zip(fs, crop[k]) if cr == which for row in d]
                 text = f"{max(scores):.2f}" if scores else f"none above {c - 0.8:.1f}"
                 margin = (margin + "; " if margin != "-" else "") + label + text
-            found = {k: [d[d[:, 4] > (det.crop_threshold if cr else cut)] for d, cr in zip(fs, crop[k])]
+            found = {k: [d[d[:, 4] >= det.cut_for(cr)] for d, cr in zip(fs, crop[k])]
                      for k, fs in found.items()}
         else:
             found = {k: det.detect_many([im for _, im in v]) for k, v in sets.items()}

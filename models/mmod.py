@@ -23,7 +23,7 @@ from .checkpoints import CheckpointError, read_weights
 from .dlib_format import ConvSpec, MMODFormatError, MMODSpec, parse_mmod
 from .mmod_pyramid import pyramid_layout, tile_pyramid, tile_pyramid_u8
 
-__all__ = ["KIND", "ConvSpec", "MMODDetector", "MMODFormatError", "MMODNet", "MMODSpec", "PRECISIONS",
+__all__ = ["KIND", "ConvSpec", "box_iou", "MMODDetector", "MMODFormatError", "MMODNet", "MMODSpec", "PRECISIONS",
            "auto_precision", "load_finetuned", "parse_mmod", "pyramid_layout", "relu_bits_", "tile_pyramid",
            "tile_pyramid_u8"]
 
@@ -55,6 +55,15 @@ def dlib_overlaps(a: np.ndarray, b: np.ndarray, iou: float, covered: float) -> n
     with np.errstate(divide="ignore", invalid="ignore"):
         hit = (inner / span > iou) | (inner / area(*a) > covered) | (inner / area(*b.T) > covered)
     return (inner > 0) & hit
+
+
+def box_iou(boxes: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Plain IoU of inclusive integer boxes (n, 4) with one box b."""
+    w = np.minimum(boxes[:, 2], b[2]) - np.maximum(boxes[:, 0], b[0]) + 1
+    h = np.minimum(boxes[:, 3], b[3]) - np.maximum(boxes[:, 1], b[1]) + 1
+    inner = np.clip(w, 0, None) * np.clip(h, 0, None)
+    area = lambda r: (r[..., 2] - r[..., 0] + 1) * (r[..., 3] - r[..., 1] + 1)
+    return inner / (area(boxes) + area(b) - inner)
 
 
 # ---------------------------------------------------------------- the network
@@ -209,7 +218,9 @@ class MMODDetector:
         return pyramid_layout(h, w, s.pyramid_n, s.pyramid_padding, s.pyramid_outer_padding)
 
     @torch.inference_mode()
-    def __call__(self, images_rgb: list[np.ndarray], threshold: float = 0.0) -> list[np.ndarray]:
+    def __call__(self, images_rgb: list[np.ndarray], threshold: float = 0.0, nms: bool = True) -> list[np.ndarray]:
+        """(n, 5) detections per image; nms=False: every position above `threshold`, unsorted
+        and not thinned (what a score near a given box needs)."""
         mean_raw = torch.tensor(self.spec.mean_rgb, dtype=torch.float32, device=self.device)
         mean = mean_raw[:, None, None]
         layouts = [self.layout(*im.shape[:2]) for im in images_rgb]
@@ -252,11 +263,25 @@ class MMODDetector:
             scores = self.net(x, valid if len(batch) > 1 else None).float().cpu().numpy()
             for j, i in enumerate(batch):
                 oh, ow = self.net.sizes(*valid[j])[-1]
-                results[i] = self.decode(scores[j, :, :oh, :ow], layouts[i][0], threshold)
+                if nms:
+                    results[i] = self.decode(scores[j, :, :oh, :ow], layouts[i][0], threshold)
+                else:
+                    box, sc = self.candidates(scores[j, :, :oh, :ow], layouts[i][0], threshold)
+                    results[i] = np.column_stack([box.astype(np.float64), sc])
         return results
 
     def decode(self, scores: np.ndarray, rects, threshold: float = 0.0) -> np.ndarray:
         """Score maps (K, h, w) of one canvas -> boxes in the image after dlib's NMS."""
+        box, s = self.candidates(scores, rects, threshold)
+        kept: list[int] = []
+        for i in np.argsort(-s, kind="stable"):
+            if kept and dlib_overlaps(box[i], box[kept], self.spec.nms_iou, self.spec.nms_covered).any():
+                continue
+            kept.append(i)
+        return np.column_stack([box[kept].astype(np.float64), s[kept]]) if kept else np.zeros((0, 5))
+
+    def candidates(self, scores: np.ndarray, rects, threshold: float) -> tuple[np.ndarray, np.ndarray]:
+        """Every position scoring above `threshold`: (n, 4) integer boxes in the image, (n,) scores."""
         k, row, col = np.nonzero(scores > threshold)
         s = scores[k, row, col].astype(np.float64)
         px, py = self.net.output_to_input(col, row)
@@ -271,10 +296,4 @@ class MMODDetector:
         for step in range(1, int(level.max(initial=0)) + 1):
             up = level >= step                           # point_up once per level down
             box[up] = box[up] * (n / (n - 1.0)) + 0.3
-        box = _lround(box)
-        kept: list[int] = []
-        for i in np.argsort(-s, kind="stable"):
-            if kept and dlib_overlaps(box[i], box[kept], self.spec.nms_iou, self.spec.nms_covered).any():
-                continue
-            kept.append(i)
-        return np.column_stack([box[kept].astype(np.float64), s[kept]]) if kept else np.zeros((0, 5))
+        return _lround(box), s

@@ -26,7 +26,7 @@ import torch
 
 from .checkpoints import save_weights
 from .dlib_format import MMODSpec
-from .mmod import KIND, MMODNet, load_finetuned
+from .mmod import KIND, MMODNet, box_iou, load_finetuned
 
 # ---------------------------------------------------------------- weights
 def save_finetuned(path, net: MMODNet, meta: dict) -> str:
@@ -49,14 +49,6 @@ def position_boxes(net: MMODNet, h: int, w: int, window: float = 80.0) -> np.nda
     px, py = net.output_to_input(col.ravel(), row.ravel())
     half = (window - 1) / 2
     return np.stack([px - half, py - half, px + half, py + half], 1)
-
-
-def box_iou(boxes: np.ndarray, b: np.ndarray) -> np.ndarray:
-    w = np.minimum(boxes[:, 2], b[2]) - np.maximum(boxes[:, 0], b[0]) + 1
-    h = np.minimum(boxes[:, 3], b[3]) - np.maximum(boxes[:, 1], b[1]) + 1
-    inner = np.clip(w, 0, None) * np.clip(h, 0, None)
-    area = lambda r: (r[..., 2] - r[..., 0] + 1) * (r[..., 3] - r[..., 1] + 1)
-    return inner / (area(boxes) + area(b) - inner)
 
 
 def labels(pos_boxes: np.ndarray, faces: list[np.ndarray | None], teacher: np.ndarray) -> np.ndarray:

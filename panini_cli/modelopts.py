@@ -20,9 +20,9 @@ COLOUR = typer.Option(True, "--color-match/--no-color-match",
 DEFAULT_DETECTOR = "cnn"
 DETECTORS = ("cnn", "cnn-degraded", "hog")          # panini_cli.detectors.make_detector's names
 DETECTOR = typer.Option(DEFAULT_DETECTOR, "--detector",
-                        help="Face detector: cnn (dlib's MMOD CNN in torch: finds degraded and small faces; face "
-                             "crops of up to ~120 px with its weights fine-tuned on degraded faces), "
-                             "cnn-degraded (the CNN fine-tuned on degraded faces: finds far more tiny old-photo "
+                        help="Face detector: cnn (dlib's MMOD CNN in torch with weights fine-tuned on degraded "
+                             "faces, each find in a larger photo confirmed by dlib's own weights: finds degraded "
+                             "and small faces), cnn-degraded (the fine-tuned weights alone: more tiny old-photo "
                              "faces, but also some hands and skin-coloured blobs) or hog (dlib HOG: cheaper on "
                              "CPUs without AMX, misses many degraded faces).")
 

@@ -361,3 +361,13 @@ def test_a_face_found_at_two_pyramid_levels_is_given_once():
     boxes = det.boxes_many([np.ascontiguousarray(img[:, :, ::-1])])[0]
     assert len(boxes) >= 2                                    # the test would show nothing otherwise
     assert len(det.detect(img)) == 1
+
+
+def test_without_nms_every_position_above_the_cut_comes_back(ours, port_cases):
+    """nms=False (what the confirming search reads): more boxes, the same best score, and
+    every box NMS keeps among them."""
+    img = port_cases[0][0]
+    kept, every = ours([img], -1.0)[0], ours([img], -1.0, nms=False)[0]
+    assert len(every) > len(kept) > 0
+    assert every[:, 4].max() == kept[0, 4]
+    assert {tuple(r) for r in kept.tolist()} <= {tuple(r) for r in every.tolist()}

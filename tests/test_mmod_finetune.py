@@ -144,7 +144,11 @@ def test_bundled_weights_are_intact(bundled):
     assert bundled.stat().st_size == manifest["bytes"] < 2_000_000
     det = D.make_detector("cnn-degraded")
     assert det.weights == "degraded" and det.threshold == manifest["threshold"] > 0
-    assert D.make_detector("cnn").weights == "dlib" and D.make_detector("cnn").threshold == D.CNN_THRESHOLD
+    assert det.confirm_weights is None and det.cut_for(False) == det.threshold
+    cnn = D.make_detector("cnn")
+    assert (cnn.weights, cnn.threshold, cnn.confirm_weights) == ("degraded", D.CNN_CANDIDATE_CUT, "dlib")
+    assert cnn.cut_for(False) == D.CNN_CONFIRM_CUT and cnn.cut_for(True) == det.threshold
+    assert D.make_detector("cnn", weights="dlib").confirm_weights is None        # what the default was
 
 
 def test_a_damaged_bundled_file_is_refused(bundled, tmp_path, monkeypatch):
@@ -171,11 +175,13 @@ def test_bundled_weights_find_degraded_faces_dlibs_miss(bundled):
         x = np.clip(x + rng.normal(0, 8, x.shape), 0, 255).astype(np.uint8)
         images.append(cv2.imdecode(cv2.imencode(".jpg", x, [cv2.IMWRITE_JPEG_QUALITY, 30])[1], cv2.IMREAD_COLOR))
     found = {}
-    for w in ("dlib", "degraded"):
-        det = D.CnnDetector(weights=w)
+    for w, det in (("dlib", D.CnnDetector(weights="dlib")), ("degraded", D.CnnDetector(weights="degraded")),
+                   ("cnn", D.make_detector("cnn"))):
+        assert not det.is_crop(*images[0].shape[:2])              # a larger image: the confirmed search
         found[w] = sum(any(abs(b[0] - 60) < 15 and abs(b[1] - 60) < 15 for b in d)
                        for d in det.boxes_many([im[:, :, ::-1].copy() for im in images]))
     assert found["degraded"] >= found["dlib"] + 5, found
+    assert found["cnn"] >= found["dlib"] + 5, found              # confirming keeps most of them
     textures = [synthetic_texture(np.random.default_rng(100 + i), 256) for i in range(6)]
     assert all(len(d) == 0 for d in D.CnnDetector(weights="degraded").boxes_many([t[:, :, ::-1].copy() for t in textures]))
 
@@ -196,7 +202,6 @@ def test_face_crops_get_the_weights_and_fill_chosen_for_them():
     with pytest.raises(ValueError, match="small_fill"):
         D.CnnDetector(small_fill="blue")
     cnn = D.make_detector("cnn")
-    assert (cnn.weights, cnn.threshold) == ("dlib", D.CNN_THRESHOLD)
     assert (cnn.crop_weights, cnn.crop_threshold, cnn.small_fill) == ("degraded", deg.threshold, "mean")
     side = int(D.SMALL_SIDE / (D.CNN_MIN_FACE_AT_1X / D.CNN_MIN_FACE))    # 120 px, searched at 2.67x
     assert cnn.is_crop(side, side) and not cnn.is_crop(side + 2, side)
@@ -227,3 +232,28 @@ def test_the_default_finds_tight_degraded_crops_dlibs_weights_miss(bundled):
     found = {k: sum(any(hit(f.box) for f in fs) for fs in d.detect_many(crops)) for k, d in dets.items()}
     assert found["mean"] >= found["mirror"] + 6 and found["mean"] >= 20, found       # measured: 25 and 16
     assert found["cnn"] == found["mean"] and found["cnn"] >= found["dlib"] + 8, found
+
+
+def test_confirm_crop_centres_the_box_at_window_scale():
+    """The crop dlib's weights score a detection on: the box in the middle at the 80 px
+    window, CONFIRM_CONTEXT x its side in all, mirrored where it passes the image edge."""
+    img = np.zeros((300, 400, 3), np.uint8)
+    img[10:50, 0:40] = 255                                    # a 40 px box at the corner
+    crop = D._crop_around(img, (0, 10, 39, 49), D.CNN_MIN_FACE_AT_1X / 40, 240)
+    assert crop.shape == (240, 240, 3)
+    assert crop[85:155, 85:155].min() == 255                  # the box, 80 px, centred
+    assert crop[120, 20:70].min() == 255                      # its mirror left of the edge
+    assert crop[120, 175:].max() == 0 and crop[175:, 120].max() == 0
+    assert crop[46:76, 120].max() == 0 and crop[4:36, 120].min() == 255   # above: y 0-9 black, then its mirror
+
+
+def test_confirmation_drops_the_ornaments_and_keeps_the_faces():
+    """In a photo of three women in headdresses the fine-tuned weights alone take gold
+    ornaments for small faces; dlib's weights, scoring the same places again, reject
+    all but one of them, and the three faces stay."""
+    img = cv2.imread(str(need(DATA / "whole_photos" / "psfrgan_test_hzgg.jpg")))
+    alone, cnn = D.make_detector("cnn-degraded").detect(img), D.make_detector("cnn").detect(img)
+    big = lambda faces: [f for f in faces if f.box[2] - f.box[0] > 150]
+    assert len(big(alone)) == len(big(cnn)) == 3
+    assert len(alone) - 3 >= 3, [f.box for f in alone]        # measured: 4 ornaments
+    assert len(cnn) - 3 <= 1, [(f.box, f.score) for f in cnn]
