@@ -2,7 +2,9 @@
 
 Why: dlib's HOG detector misses degraded faces (blurred, tiny, compressed old photos)
 that dlib's MMOD CNN finds; `CnnDetector` runs that CNN ported to torch
-(panini_models.mmod), batched, on CPU or CUDA. dlib's landmark predictors were trained
+(panini_models.mmod), batched, on CPU or CUDA; the default `cnn` runs it with weights
+fine-tuned on degraded faces and has dlib's own weights confirm each find in a larger
+photo (CNN_CONFIRM_CUT). dlib's landmark predictors were trained
 on HOG boxes, so CNN boxes are first mapped onto HOG-like boxes and the 68 points are
 refined on the boxes they imply (constants measured, see `MMOD_TO_HOG`). torch is
 imported only when a CNN detector is first used, so `panini --help` stays light.
@@ -332,7 +334,7 @@ class CnnDetector:
         h = (win - 1) / 2
         c = (side - 1) / 2
         target = np.array([c - h, c - h, c + h, c + h])
-        best = np.array([max(cand[box_iou(cand[:, :4], target) >= 0.4, 4].max(initial=CONFIRM_FLOOR), CONFIRM_FLOOR)
+        best = np.array([cand[box_iou(cand[:, :4], target) >= 0.4, 4].max(initial=CONFIRM_FLOOR)
                          for cand in self._confirm_net(crops, CONFIRM_FLOOR, nms=False)])
         return np.split(best, np.cumsum([len(d) for d in dets])[:-1])
 
