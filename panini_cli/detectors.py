@@ -78,7 +78,7 @@ CNN_CROP_WEIGHTS = "degraded"
 # A face is kept when the two scores add up to CNN_CONFIRM_CUT. The fine-tuned weights find
 # tiny old-photo faces that dlib's miss; dlib's, trained on real photos, still score low
 # the hands, arms and ornaments that fool the fine-tuned ones. On validation faces in
-# backgrounds (150 per cell; runs of scripts/validate_detector.py's data) old photo 30 /
+# backgrounds (150 per cell; scripts/validate_confirm.py) old photo 30 /
 # 40 / 50 px: 81 / 98 / 99% found (dlib's weights alone 23 / 70 / 88%), JPEG q15 30 px 95%
 # (78%), no face-free piece above -0.24; none of the 124 faces dlib's weights find in the
 # 38 shared photos is lost. The cut was set with those photos in view, the only hands and
@@ -198,7 +198,7 @@ def _crop_around(rgb: np.ndarray, box, f: float, side: int) -> np.ndarray:
     n = max(1, int(round(2 * r)))
     hgt, wid = rgb.shape[:2]
     m = max(0, -x0, -y0, x0 + n - wid, y0 + n - hgt)
-    src = cv2.copyMakeBorder(rgb, m, m, m, m, cv2.BORDER_REFLECT_101) if m else rgb   # repeats if m > side
+    src = cv2.copyMakeBorder(rgb, m, m, m, m, cv2.BORDER_REFLECT_101) if m else rgb   # (wider than the image: repeated)
     piece = src[y0 + m:y0 + m + n, x0 + m:x0 + m + n]
     return cv2.resize(piece, (side, side), interpolation=cv2.INTER_AREA if f < 1 else cv2.INTER_LINEAR)
 
