@@ -87,6 +87,7 @@ CNN_CROP_WEIGHTS = "degraded"
 CNN_CANDIDATE_CUT = 0.0
 CNN_CONFIRM_CUT = 0.9
 CONFIRM_CONTEXT, CONFIRM_FLOOR = 3.0, -2.5
+CONFIRM_BOX = CNN_MIN_FACE_AT_1X        # the find's side in the confirm crop: the net's window
 
 
 def _bundled(weights: str) -> tuple[Path, Path]:
@@ -324,7 +325,7 @@ class CnnDetector:
     def _confirm(self, images_rgb: list[np.ndarray], dets: list[np.ndarray]) -> list[np.ndarray]:
         """The confirming weights' score near each detection (see CNN_CONFIRM_CUT), all
         detections of all images in one batch of equal crops."""
-        win = CNN_MIN_FACE_AT_1X
+        win = CONFIRM_BOX
         side = int(round(CONFIRM_CONTEXT * win))
         crops = [_crop_around(rgb, box, win / _side(box), side) for rgb, d in zip(images_rgb, dets) for box in d[:, :4]]
         if not crops:
