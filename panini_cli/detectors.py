@@ -263,7 +263,7 @@ class CnnDetector:
 
         self._dlib, self._shape = load_shape_predictor(self.landmarks, self.predictor_path)
         nets = {}
-        for w in dict.fromkeys([self.weights, self.crop_weights] + ([self.confirm_weights] * bool(self.confirm_weights))):
+        for w in dict.fromkeys(x for x in (self.weights, self.crop_weights, self.confirm_weights) if x):
             nets[w] = MMODDetector(self.model_path or find_mmod_model(), device=self.device, pyramid=self.pyramid,
                                    precision=self.precision, weights=resolve_cnn_weights(w))
         self._net, self._crop_net = nets[self.weights], nets[self.crop_weights]

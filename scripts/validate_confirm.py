@@ -23,7 +23,6 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "benchmarks"), str(REPO / "scripts")]
 import detect as bench                      # noqa: E402  (the benchmark's degradations and cases)
-import finetune_detector as ft              # noqa: E402
 import validate_detector as vd              # noqa: E402
 
 CUTS = (0.3, 0.5, 0.7, 0.9, 1.1)
@@ -37,16 +36,9 @@ def scored(det, images, gts) -> list[list[tuple[float, bool]]]:
 
 def main() -> None:
     from panini_cli.detectors import CnnDetector, make_detector
-    from panini_models.mmod_crops import video_backgrounds
 
     det = make_detector("cnn", confirm_cut=-3.0)            # every candidate, with its combined score
-    _, val_names = ft.split_chips()
-    chips = [cv2.imread(str(ft.UTK / n)) for n in val_names[:150]]
-    bgs = video_backgrounds(ft.split_clips()[1], 12, ft.face_masker())
-    rng = np.random.default_rng(5)
-    pieces = vd.face_free_pieces(bgs, rng, 90, 6)
-    negatives = pieces + [bench.degrade(p, k, rng) for p in pieces for k in ("old", "jpeg")]
-    backs = list(enumerate(pieces[:60]))
+    chips, negatives, backs = vd.validation_set(150, texture_kinds=6)
     res = {}
     for kind in ("old", "jpeg", "tiny"):
         for s in (30, 40, 50, 60, 80):

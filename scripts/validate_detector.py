@@ -23,6 +23,23 @@ import detect as bench                      # noqa: E402  (the benchmark's degra
 import finetune_detector as ft              # noqa: E402
 
 
+def validation_set(n: int | None = None, texture_kinds: int = 4):
+    """(validation chips, face-free negatives, backgrounds for make_case): the first n
+    validation UTKFace chips, 90 face-free pieces of the two validation clips (faces masked)
+    and n // 3 textures, each also made old and JPEG q15; the first 60 pieces as backgrounds."""
+    from panini_models.mmod_crops import video_backgrounds
+
+    _, val_names = ft.split_chips()
+    chips = [cv2.imread(str(ft.UTK / name)) for name in val_names[:n]]
+    t = time.time()
+    bgs = video_backgrounds(ft.split_clips()[1], 12, ft.face_masker())
+    print(f"backgrounds: {time.time() - t:.0f} s", file=sys.stderr, flush=True)
+    rng = np.random.default_rng(5)
+    pieces = face_free_pieces(bgs, rng, 90, texture_kinds)
+    negatives = pieces + [bench.degrade(p, k, rng) for p in pieces for k in ("old", "jpeg")]
+    return chips, negatives, list(enumerate(pieces[:60]))
+
+
 def face_free_pieces(bgs, rng, n: int, kinds: int = 4) -> list[np.ndarray]:
     from panini_models.mmod_crops import background_piece, synthetic_texture
     out = [background_piece(bgs, rng, int(rng.integers(160, 480)), kinds) for _ in range(n)]
@@ -42,17 +59,8 @@ def main() -> None:
     ap.add_argument("--kinds", nargs="+", default=["old", "jpeg"], choices=["old", "jpeg", "tiny"])
     args = ap.parse_args()
     from panini_cli.detectors import CnnDetector
-    from panini_models.mmod_crops import video_backgrounds
 
-    _, val_names = ft.split_chips()
-    chips = [cv2.imread(str(ft.UTK / n)) for n in val_names[:args.n]]
-    t = time.time()
-    bgs = video_backgrounds(ft.split_clips()[1], 12, ft.face_masker())
-    print(f"backgrounds: {time.time() - t:.0f} s", file=sys.stderr, flush=True)
-    rng = np.random.default_rng(5)
-    pieces = face_free_pieces(bgs, rng, 90, args.texture_kinds)
-    negatives = pieces + [bench.degrade(p, k, rng) for p in pieces for k in ("old", "jpeg")]
-    backs = list(enumerate(pieces[:60]))
+    chips, negatives, backs = validation_set(args.n, args.texture_kinds)
     cases = {(kind, s): [bench.make_case(c, s, kind, True, backs, np.random.default_rng([s, len(kind), i]))
                          for i, c in enumerate(chips)] for kind in args.kinds for s in args.sizes}
     low = min(args.cut, -1.2)          # scores below are not needed; a lower cut makes NMS slow
