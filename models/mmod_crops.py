@@ -197,8 +197,29 @@ def _face_chip(chip: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return np.ascontiguousarray(chip)
 
 
+def part_crop(chips: list[np.ndarray], bgs: list[Background], rng: np.random.Generator, size: int = 192,
+              kinds: int = 4) -> tuple[np.ndarray, np.ndarray, None]:
+    """A negative: part of a face 3-6 windows wide (an ear, a cheek, a brow, the hairline)
+    filling the crop, as a large face shows at the finer pyramid levels. Every window there
+    misses the face (IoU < 0.12), and the fine-tuned net still called such parts faces:
+    ears, cheeks and foreheads are most of what it finds off the faces of large aligned
+    photos (scripts/validate_confirm.py)."""
+    s = int(rng.integers(60, 201))                           # the face's native side
+    g = WINDOW * rng.uniform(3.0, 6.0) / s                   # native -> net scale
+    n = int(np.ceil(size / g))                               # the crop's native side
+    canvas = background_piece(bgs, rng, s + 2 * n, kinds)
+    chip = cv2.resize(_face_chip(chips[rng.integers(len(chips))], rng), (s, s), interpolation=cv2.INTER_AREA)
+    _paste(canvas, chip, n, n, rng)
+    x, y = (int(rng.integers(n // 2, n + s - n // 2 + 1)) for _ in range(2))   # mostly on the face
+    out = []
+    for img in (degrade_random(canvas, rng, max_down=min(4.0, s / 8)), canvas):
+        piece = img[y:y + n, x:x + n]
+        out.append(np.ascontiguousarray(cv2.resize(piece, (size, size), interpolation=cv2.INTER_LINEAR)))
+    return out[0], out[1], None
+
+
 def make_crop(chips: list[np.ndarray], bgs: list[Background], rng: np.random.Generator, size: int = 192,
-              p_face: float = 0.6, p_edge: float = 0.0, kinds: int = 4
+              p_face: float = 0.6, p_edge: float = 0.0, kinds: int = 4, p_part: float = 0.0
               ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """(degraded crop, clean crop, face square x0, y0, x1, y1 at net scale or None).
 
@@ -211,7 +232,10 @@ def make_crop(chips: list[np.ndarray], bgs: list[Background], rng: np.random.Gen
     `p_edge`: the share of crops given a detector-canvas edge (mirror_band). Off in the
     shipped recipe: with 0.3-0.4 the best face-free validation score rose (2.7-3.1
     against 1.55 at 1000-1250 steps), though most false positives sat at image edges.
-    `kinds`: synthetic_texture's kinds for backgrounds (6 adds hand- and petal-like shapes)."""
+    `kinds`: synthetic_texture's kinds for backgrounds (6 adds hand- and petal-like shapes).
+    `p_part`: the share of crops that are part_crop's parts of large faces."""
+    if p_part and rng.random() < p_part:
+        return part_crop(chips, bgs, rng, size, kinds)
     s = int(round(np.exp(rng.uniform(np.log(22), np.log(50) if rng.random() < 0.6 else np.log(140)))))
     has_face = rng.random() < p_face
     positive = has_face and rng.random() < 0.8

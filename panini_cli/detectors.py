@@ -4,7 +4,7 @@ Why: dlib's HOG detector misses degraded faces (blurred, tiny, compressed old ph
 that dlib's MMOD CNN finds; `CnnDetector` runs that CNN ported to torch
 (panini_models.mmod), batched, on CPU or CUDA; the default `cnn` runs it with weights
 fine-tuned on degraded faces and has dlib's own weights confirm each find in a larger
-photo (CNN_CONFIRM_CUT). dlib's landmark predictors were trained
+photo (panini_cli/confirm.py). dlib's landmark predictors were trained
 on HOG boxes, so CNN boxes are first mapped onto HOG-like boxes and the 68 points are
 refined on the boxes they imply (constants measured, see `MMOD_TO_HOG`). torch is
 imported only when a CNN detector is first used, so `panini --help` stays light.
@@ -19,6 +19,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from .confirm import CNN_CANDIDATE_CUT, CNN_CONFIRM_CUT, off_heads, support
 from .faces import (PREDICTOR_FILES, DlibDetector, Face, FaceModelError, landmarks5_from_68,
                     landmarks5_from_dlib5, load_shape_predictor)
 
@@ -62,7 +63,7 @@ SMALL_SIDE = 320
 # 16%), but it also calls skin-coloured blobs (hands, ornaments on dark cloth) faces: 6
 # false faces in the 38 shared photos, 3 of 650 face-free images
 # (benchmarks/results/detect_default.md), so alone it is not the default: `cnn` confirms
-# its detections in larger photos with dlib's weights (CNN_CONFIRM_CUT).
+# its detections in larger photos with dlib's weights (panini_cli/confirm.py).
 CNN_WEIGHTS = {"degraded": ("mmod_degraded.safetensors", "mmod_degraded.json")}
 CNN_DEFAULT_WEIGHTS = "dlib"
 # What the default `cnn` searches face crops (searched side <= SMALL_SIDE) with: the
@@ -71,23 +72,6 @@ CNN_DEFAULT_WEIGHTS = "dlib"
 # 300 face-free pieces of 30-110 px their best score was 1.40, under their cut of 1.85; the
 # false faces they find (hands, ornaments) were all in larger photos, searched with dlib's.
 CNN_CROP_WEIGHTS = "degraded"
-# What the default `cnn` searches larger photos with: the fine-tuned weights' detections
-# from a score of CNN_CANDIDATE_CUT, each scored again by dlib's weights on a crop around
-# it (CONFIRM_CONTEXT x the box, the box at the detector's 80 px window; no NMS: the best
-# score of any position whose box overlaps it with IoU >= 0.4, at least CONFIRM_FLOOR).
-# A face is kept when the two scores add up to CNN_CONFIRM_CUT. The fine-tuned weights find
-# tiny old-photo faces that dlib's miss; dlib's, trained on real photos, still score low
-# the hands, arms and ornaments that fool the fine-tuned ones. On validation faces in
-# backgrounds (150 per cell; scripts/validate_confirm.py) old photo 30 /
-# 40 / 50 px: 81 / 98 / 99% found (dlib's weights alone 23 / 70 / 88%), JPEG q15 30 px 95%
-# (78%), no face-free piece above -0.24; none of the 124 faces dlib's weights find in the
-# 38 shared photos is lost. The cut was set with those photos in view, the only hands and
-# ornaments here: one ornament scores 1.77 (kept: a false face), the next non-faces (a
-# hand, an arm, a forehead) 0.40-0.63, so 0.9 leaves them a margin of 0.27.
-CNN_CANDIDATE_CUT = 0.0
-CNN_CONFIRM_CUT = 0.9
-CONFIRM_CONTEXT, CONFIRM_FLOOR = 3.0, -2.5
-CONFIRM_BOX = CNN_MIN_FACE_AT_1X        # the find's side in the confirm crop: the net's window
 
 
 def _bundled(weights: str) -> tuple[Path, Path]:
@@ -186,24 +170,6 @@ def distinct_faces(faces: list[Face], tol: float = 0.25) -> list[Face]:
     return kept
 
 
-def _side(box) -> float:
-    """A box's side (x0, y0, x1, y1 inclusive), the mean of width and height."""
-    return (box[2] - box[0] + box[3] - box[1]) / 2 + 1
-
-
-def _crop_around(rgb: np.ndarray, box, f: float, side: int) -> np.ndarray:
-    """A side x side crop centred on the box, the image scaled by f (mirrored beyond its edges)."""
-    cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
-    r = side / f / 2                                  # half the crop's side in image px
-    x0, y0 = int(math.floor(cx - r + 0.5)), int(math.floor(cy - r + 0.5))
-    n = max(1, int(round(2 * r)))
-    hgt, wid = rgb.shape[:2]
-    m = max(0, -x0, -y0, x0 + n - wid, y0 + n - hgt)
-    src = cv2.copyMakeBorder(rgb, m, m, m, m, cv2.BORDER_REFLECT_101) if m else rgb   # (wider than the image: repeated)
-    piece = src[y0 + m:y0 + m + n, x0 + m:x0 + m + n]
-    return cv2.resize(piece, (side, side), interpolation=cv2.INTER_AREA if f < 1 else cv2.INTER_LINEAR)
-
-
 class HogDetector(DlibDetector):
     """faces.DlibDetector (dlib HOG) with the batched entry point of the protocol."""
 
@@ -230,8 +196,9 @@ class CnnDetector:
     `crop_weights`, `crop_threshold`: the weights and cut for face crops, images whose
     searched side is at most SMALL_SIDE (None: `weights` and `threshold`; make_detector's
     'cnn' uses the fine-tuned weights there). `confirm_weights`: weights that score each
-    detection of a larger image again (see CNN_CONFIRM_CUT); its score becomes the sum
-    of both, kept from `confirm_cut`, and `threshold` only picks the candidates. Landmarks
+    detection of a larger image again (see panini_cli/confirm.py); its score becomes the sum
+    of both, kept from `confirm_cut`, and `threshold` only picks the candidates; with
+    `drop_parts` a kept find on a much larger one's head goes (confirm.off_heads). Landmarks
     always come from the full-resolution image.
     """
 
@@ -240,7 +207,7 @@ class CnnDetector:
                  pyramid: int = 6, pad: int = 32, box_map: tuple[float, float, float] | None = None,
                  precision: str = "auto", weights=CNN_DEFAULT_WEIGHTS, predictor_path=None, model_path=None,
                  small_fill: str | None = None, crop_weights=None, crop_threshold: float | None = None,
-                 confirm_weights=None, confirm_cut: float = CNN_CONFIRM_CUT):
+                 confirm_weights=None, confirm_cut: float = CNN_CONFIRM_CUT, drop_parts: bool = True):
         if landmarks not in PREDICTOR_FILES:
             raise ValueError(f"landmarks must be '68' or '5', not {landmarks!r}")
         self.landmarks, self.device, self.min_face = landmarks, device, min_face
@@ -255,7 +222,7 @@ class CnnDetector:
         if self.small_fill not in ("mirror", "mean"):
             raise ValueError(f"small_fill must be 'mirror' or 'mean', not {small_fill!r}")
         self.predictor_path, self.model_path, self.weights = predictor_path, model_path, weights
-        self.confirm_weights, self.confirm_cut = confirm_weights, confirm_cut
+        self.confirm_weights, self.confirm_cut, self.drop_parts = confirm_weights, confirm_cut, drop_parts
         self._net = self._crop_net = self._confirm_net = self._shape = self._dlib = None
 
     def _load(self) -> None:
@@ -317,27 +284,12 @@ class CnnDetector:
             out.append(dets)
         if self.confirm_weights:
             larger = [i for i, c in enumerate(crop) if not c]
-            for i, support in zip(larger, self._confirm([images_rgb[i] for i in larger], [out[i] for i in larger])):
-                out[i][:, 4] += support
+            for i, more in zip(larger, support(self._confirm_net, [images_rgb[i] for i in larger],
+                                                [out[i] for i in larger])):
+                out[i][:, 4] += more
                 out[i] = out[i][out[i][:, 4] >= self.confirm_cut]
+                out[i] = out[i][off_heads(out[i])] if self.drop_parts else out[i]
         return out
-
-    def _confirm(self, images_rgb: list[np.ndarray], dets: list[np.ndarray]) -> list[np.ndarray]:
-        """The confirming weights' score near each detection (see CNN_CONFIRM_CUT), all
-        detections of all images in one batch of equal crops."""
-        win = CONFIRM_BOX
-        side = int(round(CONFIRM_CONTEXT * win))
-        crops = [_crop_around(rgb, box, win / _side(box), side) for rgb, d in zip(images_rgb, dets) for box in d[:, :4]]
-        if not crops:
-            return [np.zeros(0) for _ in dets]
-        from panini_models.mmod import box_iou
-
-        h = (win - 1) / 2
-        c = (side - 1) / 2
-        target = np.array([c - h, c - h, c + h, c + h])
-        best = np.array([cand[box_iou(cand[:, :4], target) >= 0.4, 4].max(initial=CONFIRM_FLOOR)
-                         for cand in self._confirm_net(crops, CONFIRM_FLOOR, nms=False)])
-        return np.split(best, np.cumsum([len(d) for d in dets])[:-1])
 
     def _surround(self, searched: np.ndarray, crop: bool) -> tuple[np.ndarray, int]:
         """(the searched image with its surround, the surround's width in px)."""
@@ -379,7 +331,7 @@ class CnnDetector:
 def make_detector(kind: str = "hog", landmarks: str = "68", device: str = "cpu", **options):
     """'hog' -> HogDetector (dlib HOG, CPU), 'cnn' -> CnnDetector (torch, `device`): the
     weights fine-tuned on degraded faces, on larger photos confirmed by dlib's (see
-    CNN_CONFIRM_CUT), on face crops at their own cut; 'cnn-degraded' -> the fine-tuned
+    panini_cli/confirm.py), on face crops at their own cut; 'cnn-degraded' -> the fine-tuned
     weights alone everywhere."""
     if kind == "hog":
         return HogDetector(landmarks, **options)

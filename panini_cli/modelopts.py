@@ -15,8 +15,9 @@ STRENGTH = typer.Option(1.0, "--strength", min=0.0, max=1.0,
 COLOUR = typer.Option(True, "--color-match/--no-color-match",
                       help="Shift the restored face's mean colour to the input face's.")
 # The CNN finds far more degraded and small faces than HOG (benchmarks/detect.py) in
-# about HOG's wall time on a CPU with AMX (~1.7x its single-thread CPU time; ~5.7x on
-# CPUs without AMX, which run it in fp32). video uses it for the whole-frame search only.
+# 1.4x HOG's wall time per photo on 2 cores of a CPU with AMX (2.4x its single-thread CPU
+# time; 4.1x the wall time on CPUs without AMX, which run it in fp32). video uses it for
+# the whole-frame search only.
 DEFAULT_DETECTOR = "cnn"
 DETECTORS = ("cnn", "cnn-degraded", "hog")          # panini_cli.detectors.make_detector's names
 DETECTOR = typer.Option(DEFAULT_DETECTOR, "--detector",

@@ -53,15 +53,15 @@ def face_masker():
 
 
 class Crops(torch.utils.data.IterableDataset):
-    def __init__(self, chips, bgs, size: int, seed: int, kinds: int = 4):
-        self.chips, self.bgs, self.size, self.seed, self.kinds = chips, bgs, size, seed, kinds
+    def __init__(self, chips, bgs, size: int, seed: int, kinds: int = 4, p_part: float = 0.0):
+        self.chips, self.bgs, self.size, self.seed, self.kinds, self.p_part = chips, bgs, size, seed, kinds, p_part
 
     def __iter__(self):
         from panini_models.mmod_crops import make_crop
         info = torch.utils.data.get_worker_info()
         rng = np.random.default_rng([self.seed, info.id if info else 0, os.getpid()])
         while True:
-            deg, clean, box = make_crop(self.chips, self.bgs, rng, self.size, kinds=self.kinds)
+            deg, clean, box = make_crop(self.chips, self.bgs, rng, self.size, kinds=self.kinds, p_part=self.p_part)
             yield deg, clean, box
 
 
@@ -106,6 +106,8 @@ def main() -> None:
     ap.add_argument("--frames", type=int, default=24, help="frames per training clip")
     ap.add_argument("--texture-kinds", type=int, default=4, choices=[4, 6],
                     help="synthetic background kinds (6: also hand- and petal-like shapes)")
+    ap.add_argument("--p-part", type=float, default=0.0,
+                    help="share of negatives that are parts of large faces (mmod_crops.part_crop)")
     ap.add_argument("--ship", type=Path, help="copy this weight file into the package as the 'degraded' weights")
     ap.add_argument("--cut", type=float, help="with --ship: the score cut chosen on validation data")
     args = ap.parse_args()
@@ -126,7 +128,7 @@ def main() -> None:
     chips = load_chips(UTK, set(os.listdir(UTK)) - set(train_names))
     bgs = video_backgrounds(split_clips()[0], args.frames, face_masker())
     print(f"{len(chips)} training faces, {len(bgs)} background frames", flush=True)
-    loader = torch.utils.data.DataLoader(Crops(chips, bgs, args.size, 1, args.texture_kinds), batch_size=args.batch,
+    loader = torch.utils.data.DataLoader(Crops(chips, bgs, args.size, 1, args.texture_kinds, args.p_part), batch_size=args.batch,
                                          num_workers=args.workers, collate_fn=collate)
     last = train(parse_mmod(find_mmod_model()), loader, args.out, args.steps, args.lr, args.pull,
                  log=lambda s: print(s, flush=True))

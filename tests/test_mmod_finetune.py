@@ -15,12 +15,13 @@ from conftest import DATA, REPO, need
 
 torch = pytest.importorskip("torch")
 
+from panini_cli import confirm                                                 # noqa: E402
 from panini_cli import detectors as D                                          # noqa: E402
 from panini_cli.faces import FaceModelError                                    # noqa: E402
 from panini_models.checkpoints import CheckpointError, save_weights             # noqa: E402
 from panini_models.dlib_format import parse_mmod                               # noqa: E402
 from panini_models.mmod import MMODDetector, MMODNet, load_finetuned           # noqa: E402
-from panini_models.mmod_crops import WINDOW, make_crop, synthetic_texture      # noqa: E402
+from panini_models.mmod_crops import WINDOW, make_crop, part_crop, synthetic_texture      # noqa: E402
 from panini_models.mmod_finetune import (box_iou, hinge_loss, labels, position_boxes,   # noqa: E402
                                          save_finetuned, train)
 
@@ -85,6 +86,22 @@ def test_crops_put_the_face_at_window_scale():
     assert seen >= 5
 
 
+def test_part_crops_show_a_face_larger_than_the_window():
+    """A face-coloured square pasted at 3-6 windows: each crop lies mostly on it and no
+    crop holds all of it, so every window there is a negative."""
+    rng = np.random.default_rng(2)
+    chips = [np.full((200, 200, 3), (40, 200, 60), np.uint8)]
+    shares = []
+    for _ in range(30):
+        deg, clean, box = part_crop(chips, [], rng)
+        assert box is None and deg.shape == clean.shape == (192, 192, 3)
+        shares.append(float((np.abs(clean.astype(int) - (40, 200, 60)).sum(2) < 30).mean()))
+    assert min(shares) > 0.1 and max(shares) > 0.9
+    # and make_crop hands them out at p_part's rate, without changing its other crops
+    a, b = np.random.default_rng(3), np.random.default_rng(3)
+    assert all(np.array_equal(make_crop(chips, [], a)[0], make_crop(chips, [], b, p_part=0.0)[0]) for _ in range(5))
+
+
 def test_weight_file_round_trip_equals_dlib(spec, tmp_path):
     path = tmp_path / "same.safetensors"
     save_finetuned(path, MMODNet(spec).float(), {"step": 0})
@@ -146,8 +163,8 @@ def test_bundled_weights_are_intact(bundled):
     assert det.weights == "degraded" and det.threshold == manifest["threshold"] > 0
     assert det.confirm_weights is None and det.cut_for(False) == det.threshold
     cnn = D.make_detector("cnn")
-    assert (cnn.weights, cnn.threshold, cnn.confirm_weights) == ("degraded", D.CNN_CANDIDATE_CUT, "dlib")
-    assert cnn.cut_for(False) == D.CNN_CONFIRM_CUT and cnn.cut_for(True) == det.threshold
+    assert (cnn.weights, cnn.threshold, cnn.confirm_weights) == ("degraded", confirm.CNN_CANDIDATE_CUT, "dlib")
+    assert cnn.cut_for(False) == confirm.CNN_CONFIRM_CUT and cnn.cut_for(True) == det.threshold
     assert D.make_detector("cnn", weights="dlib").confirm_weights is None        # what the default was
 
 
@@ -239,12 +256,42 @@ def test_confirm_crop_centres_the_box_at_window_scale():
     window, CONFIRM_CONTEXT x its side in all, mirrored where it passes the image edge."""
     img = np.zeros((300, 400, 3), np.uint8)
     img[10:50, 0:40] = 255                                    # a 40 px box at the corner
-    crop = D._crop_around(img, (0, 10, 39, 49), D.CNN_MIN_FACE_AT_1X / 40, 240)
+    crop = confirm.crop_around(img, (0, 10, 39, 49), D.CNN_MIN_FACE_AT_1X / 40, 240)
     assert crop.shape == (240, 240, 3)
     assert crop[85:155, 85:155].min() == 255                  # the box, 80 px, centred
     assert crop[120, 20:70].min() == 255                      # its mirror left of the edge
     assert crop[120, 175:].max() == 0 and crop[175:, 120].max() == 0
     assert crop[46:76, 120].max() == 0 and crop[4:36, 120].min() == 255   # above: y 0-9 black, then its mirror
+
+
+def test_finds_on_a_much_larger_face_are_dropped_as_parts_of_its_head():
+    """An ear or a cheek found beside a face at least HEAD_RATIO x larger that scores
+    higher goes; a face of similar size beside it, a small one further off, or one that
+    scores higher than the large find, stays."""
+    big = [0, 0, 199, 199, 2.0]
+    ear = [175, 80, 214, 119, 1.0]                            # 40 px, centre 95 px right of big's
+    beside = [200, 20, 319, 139, 1.0]                         # 120 px: not 2x smaller
+    far = [400, 80, 439, 119, 1.0]                            # 40 px, 320 px away
+    dets = np.array([ear, big, beside, far], float)
+    assert confirm.off_heads(dets).tolist() == [False, True, True, True]
+    reach = confirm.HEAD_REACH * 200
+    edge = np.array([big, [99.5 + reach - 19.5, 80, 99.5 + reach + 19.5, 119, 1.0]])
+    assert confirm.off_heads(edge).tolist() == [True, False]               # on the reach: dropped
+    edge[1, [0, 2]] += 2
+    assert confirm.off_heads(edge).tolist() == [True, True]                # just past it: kept
+    assert confirm.off_heads(np.zeros((0, 5))).shape == (0,)
+    surer = dets.copy()
+    surer[0, 4] = 3.0                                         # the small one outscores the large ones:
+    assert confirm.off_heads(surer).all()                     # a face below a false one, not an ear
+
+
+def test_the_default_drops_a_cheek_of_a_large_face():
+    """In an aligned photo the confirmed search also keeps the large face's cheek (a 50 px
+    find beside a 320 px face, scores 3.8 and 0.9); the head rule drops it, not the face."""
+    img = cv2.imread(str(need(DATA / "testsets" / "WIDER-Test_samples" / "codeformer_0770.png")))
+    both, one = D.make_detector("cnn", drop_parts=False).detect(img), D.make_detector("cnn").detect(img)
+    assert len(both) == 2 and min(f.size for f in both) < max(f.size for f in both) / 4, [f.box for f in both]
+    assert len(one) == 1 and one[0].box == both[0].box
 
 
 def test_confirmation_drops_the_ornaments_and_keeps_the_faces():
