@@ -128,7 +128,8 @@ def main() -> None:
     chips = load_chips(UTK, set(os.listdir(UTK)) - set(train_names))
     bgs = video_backgrounds(split_clips()[0], args.frames, face_masker())
     print(f"{len(chips)} training faces, {len(bgs)} background frames", flush=True)
-    loader = torch.utils.data.DataLoader(Crops(chips, bgs, args.size, 1, args.texture_kinds, args.p_part), batch_size=args.batch,
+    crops = Crops(chips, bgs, args.size, 1, args.texture_kinds, args.p_part)
+    loader = torch.utils.data.DataLoader(crops, batch_size=args.batch,
                                          num_workers=args.workers, collate_fn=collate)
     last = train(parse_mmod(find_mmod_model()), loader, args.out, args.steps, args.lr, args.pull,
                  log=lambda s: print(s, flush=True))

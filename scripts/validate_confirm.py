@@ -80,10 +80,11 @@ def mined_hard_negatives(det):
     for name, bgr in mined_sources():
         for scale in (1.0, 0.5):
             im = bgr if scale == 1 else cv2.resize(bgr, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
-            known = [d[:4] for d in ref.boxes_many([cv2.cvtColor(im, cv2.COLOR_BGR2RGB)])[0]] + [f.box for f in hog.detect(im)]
-            known += [REAL_FACES[name, scale]] if (name, scale) in REAL_FACES else []
+            known = [d[:4] for d in ref.boxes_many([cv2.cvtColor(im, cv2.COLOR_BGR2RGB)])[0]]
+            known += [f.box for f in hog.detect(im)] + ([REAL_FACES[name, scale]] if (name, scale) in REAL_FACES else [])
+            rng = np.random.default_rng(zlib.crc32(f"{name}{scale}".encode()))
             for kind in ("clean", "old"):
-                x = im if kind == "clean" else bench.degrade(im, "old", np.random.default_rng(zlib.crc32(f"{name}{scale}".encode())))
+                x = im if kind == "clean" else bench.degrade(im, "old", rng)
                 dets = det.boxes_many([cv2.cvtColor(x, cv2.COLOR_BGR2RGB)])[0]
                 off = np.array([max([bench.iou(d[:4], k) for k in known], default=0) < 0.2 and not any(
                     k[0] <= (d[0] + d[2]) / 2 <= k[2] and k[1] <= (d[1] + d[3]) / 2 <= k[3] for k in known)
