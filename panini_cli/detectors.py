@@ -198,8 +198,8 @@ class CnnDetector:
     'cnn' uses the fine-tuned weights there). `confirm_weights`: weights that score each
     detection of a larger image again (see panini_cli/confirm.py); its score becomes the sum
     of both, kept from `confirm_cut`, and `threshold` only picks the candidates; with
-    `drop_parts` a kept find on a much larger one's head goes (confirm.off_heads). Landmarks
-    always come from the full-resolution image.
+    `drop_parts` a kept find on the head of a much larger, higher-scoring one goes
+    (confirm.off_heads). Landmarks always come from the full-resolution image.
     """
 
     def __init__(self, landmarks: str = "68", device: str = "cpu", min_face: float = CNN_MIN_FACE,

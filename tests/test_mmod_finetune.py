@@ -95,9 +95,11 @@ def test_part_crops_show_a_face_larger_than_the_window():
     for _ in range(30):
         deg, clean, box = part_crop(chips, [], rng)
         assert box is None and deg.shape == clean.shape == (192, 192, 3)
-        shares.append(float((np.abs(clean.astype(int) - (40, 200, 60)).sum(2) < 30).mean()))
+        on = np.abs(clean.astype(int) - (40, 200, 60)).sum(2) < 30
+        assert on[0].any() or on[-1].any() or on[:, 0].any() or on[:, -1].any()   # cut by the crop
+        shares.append(float(on.mean()))
     assert min(shares) > 0.1 and max(shares) > 0.9
-    # and make_crop hands them out at p_part's rate, without changing its other crops
+    # and at p_part 0 make_crop gives the shipped recipe's crops, its random stream untouched
     a, b = np.random.default_rng(3), np.random.default_rng(3)
     assert all(np.array_equal(make_crop(chips, [], a)[0], make_crop(chips, [], b, p_part=0.0)[0]) for _ in range(5))
 
