@@ -134,22 +134,29 @@ def _blobs_on_dark(rng: np.random.Generator, side: int, skin: bool) -> np.ndarra
     return img
 
 
+def spread_frames(path, count: int):
+    """(frame index, BGR frame) of `count` frames spread evenly over a clip (unreadable ones skipped)."""
+    cap = cv2.VideoCapture(str(path))
+    n = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
+    try:
+        for i in np.linspace(0, max(n - 1, 0), count).astype(int):
+            cap.set(cv2.CAP_PROP_POS_FRAMES, int(i))
+            ok, frame = cap.read()
+            if ok:
+                yield int(i), frame
+    finally:
+        cap.release()
+
+
 def video_backgrounds(paths, frames_per_clip: int, find_faces) -> list[Background]:
     """Frames spread over each clip; `find_faces(bgr) -> (n, 4) boxes` marks what to avoid
     (each box grown to 2.2x, so hair and ears are avoided too)."""
     out = []
     for path in paths:
-        cap = cv2.VideoCapture(str(path))
-        n = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
-        for i in np.linspace(0, max(n - 1, 0), frames_per_clip).astype(int):
-            cap.set(cv2.CAP_PROP_POS_FRAMES, int(i))
-            ok, frame = cap.read()
-            if not ok:
-                continue
+        for _, frame in spread_frames(path, frames_per_clip):
             boxes = np.asarray(find_faces(frame), np.float64).reshape(-1, 4)
             c, s = (boxes[:, :2] + boxes[:, 2:]) / 2, (boxes[:, 2:] - boxes[:, :2]).max(1, initial=0)[:, None] * 1.1
             out.append(Background(frame, np.concatenate([c - s, c + s], 1)))
-        cap.release()
     return out
 
 

@@ -40,9 +40,10 @@ CONFIRM_BOX = 80.0                      # the find's side in the confirm crop: t
 HEAD_RATIO, HEAD_REACH = 2.0, 0.8
 
 
-def side(box) -> float:
-    """A box's side (x0, y0, x1, y1 inclusive), the mean of width and height."""
-    return (box[2] - box[0] + box[3] - box[1]) / 2 + 1
+def side(box):
+    """A box's side (x0, y0, x1, y1 inclusive, or (n, 4) of them), the mean of width and height."""
+    b = np.asarray(box, np.float64)
+    return (b[..., 2] - b[..., 0] + b[..., 3] - b[..., 1]) / 2 + 1
 
 
 def crop_around(rgb: np.ndarray, box, f: float, side_px: int) -> np.ndarray:
@@ -75,13 +76,22 @@ def support(net, images_rgb: list[np.ndarray], dets: list[np.ndarray]) -> list[n
     return np.split(best, np.cumsum([len(d) for d in dets])[:-1])
 
 
+def kept(dets: np.ndarray, cut: float, head_rule: bool = True) -> np.ndarray:
+    """(n,) bool: the detections (n, 5; combined scores) that reach `cut` and, with
+    `head_rule`, are not on a larger one's head among those (off_heads)."""
+    keep = dets[:, 4] >= cut
+    if head_rule:
+        keep[keep] = off_heads(dets[keep])
+    return keep
+
+
 def off_heads(dets: np.ndarray) -> np.ndarray:
     """(n,) bool: which detections (n, 5) are not on the head of a much larger one that
     scores higher (HEAD_RATIO)."""
     keep = np.ones(len(dets), bool)
     if len(dets) < 2:
         return keep
-    sides = (dets[:, 2] - dets[:, 0] + dets[:, 3] - dets[:, 1]) / 2 + 1
+    sides = side(dets[:, :4])
     centres = (dets[:, :2] + dets[:, 2:4]) / 2
     for i in np.argsort(-sides):                         # largest first: a dropped part drops nothing
         if not keep[i]:

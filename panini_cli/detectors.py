@@ -19,7 +19,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from .confirm import CNN_CANDIDATE_CUT, CNN_CONFIRM_CUT, off_heads, support
+from .confirm import CNN_CANDIDATE_CUT, CNN_CONFIRM_CUT, kept, support
 from .faces import (PREDICTOR_FILES, DlibDetector, Face, FaceModelError, landmarks5_from_68,
                     landmarks5_from_dlib5, load_shape_predictor)
 
@@ -287,8 +287,7 @@ class CnnDetector:
             for i, more in zip(larger, support(self._confirm_net, [images_rgb[i] for i in larger],
                                                 [out[i] for i in larger])):
                 out[i][:, 4] += more
-                out[i] = out[i][out[i][:, 4] >= self.confirm_cut]
-                out[i] = out[i][off_heads(out[i])] if self.drop_parts else out[i]
+                out[i] = out[i][kept(out[i], self.confirm_cut, self.drop_parts)]
         return out
 
     def _surround(self, searched: np.ndarray, crop: bool) -> tuple[np.ndarray, int]:

@@ -34,22 +34,12 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "benchmarks"), str(REPO / "scripts")]
 import detect as bench                      # noqa: E402  (the benchmark's degradations and cases)
 import validate_detector as vd              # noqa: E402
+from panini_cli.confirm import kept         # noqa: E402
 
 CUTS = (0.3, 0.5, 0.6, 0.7, 0.9, 1.1)
 CLIP_FRAMES = 8
 # Faces among the mined finds that the masks miss, looked at: (image, scale) -> box.
 REAL_FACES = {("facerec_short_hamilton_clip.mp4#0", 0.5): (255, 17, 291, 52)}     # a singer
-
-
-def kept(dets: np.ndarray, cut: float, parts: bool) -> np.ndarray:
-    """(n,) bool: what the default keeps of every candidate (combined scores) at `cut`,
-    with or without the head rule (confirm.off_heads)."""
-    from panini_cli.confirm import off_heads
-
-    keep = dets[:, 4] >= cut
-    if parts:
-        keep[keep] = off_heads(dets[keep])
-    return keep
 
 
 def found(dets: np.ndarray, gt, cut: float, parts: bool) -> bool:
@@ -61,13 +51,11 @@ def mined_sources():
     for p in sorted((bench.DATA / "testsets").rglob("*.*")) + sorted(bench.ALIGNED.iterdir()):
         if p.suffix.lower() in (".png", ".jpg"):
             yield p.name, cv2.imread(str(p))
+    from panini_models.mmod_crops import spread_frames
+
     for v in sorted((bench.DATA / "video").glob("*.mp4")):
-        cap = cv2.VideoCapture(str(v))
-        for k in np.linspace(0, int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) - 1, CLIP_FRAMES).astype(int):
-            cap.set(cv2.CAP_PROP_POS_FRAMES, int(k))
-            ok, frame = cap.read()
-            if ok:
-                yield f"{v.name}#{k}", frame
+        for k, frame in spread_frames(v, CLIP_FRAMES):
+            yield f"{v.name}#{k}", frame
 
 
 def mined_hard_negatives(det):
